@@ -1,0 +1,62 @@
+"""`histoscan` command line: parses arguments, calls one stage, prints; user errors exit 2 with one line.
+
+Each subcommand lives in its own module here with `register(subparsers)` adding the parser and setting
+`func=run`, where `run(args) -> int` calls a stage function and prints the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from histoscan import __version__
+from histoscan.errors import HistoscanInputError
+
+# module name in histoscan.cli for each subcommand, in help order
+COMMANDS = ["prepare", "download", "train", "evaluate", "predict", "explain", "slide", "stain", "export", "serve",
+            "bench"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors: one line, exit 2 (argparse's own convention)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with every subcommand whose module is present."""
+    parser = _Parser(prog="histoscan", description="Tumour detection in H&E histopathology patches and slides.")
+    parser.add_argument("--version", action="version", version=f"histoscan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"histoscan.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"histoscan.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `histoscan` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except HistoscanInputError as e:
+        print(f"histoscan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Model registry: every model is built by name and outputs one logit per image.
+
+Built-in: `simple-cnn`, `resnet50-head`, `resnet18`, `resnet34`, `resnet50`. With the optional `vision` extra,
+`timm:<name>` and `torchvision:<name>` build any model of those libraries (imported lazily, only then).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from histoscan.errors import HistoscanInputError
+from histoscan.models.heads import TrunkWithHead, resnet50_head
+from histoscan.models.resnet import ResNet, resnet18, resnet34, resnet50
+from histoscan.models.simple_cnn import SimpleCNN
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one model and where its last convolutional stage is (the default Grad-CAM layer)."""
+
+    name: str
+    build: Callable[[float], nn.Module]
+    target_layer: str
+    weights_prefix: str = ""  # where a torchvision-layout state dict goes inside this model
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> None:
+    """Add a model to the registry."""
+    REGISTRY[spec.name] = spec
+
+
+register(ModelSpec("simple-cnn", lambda d: SimpleCNN(dropout=d), "features.4"))
+register(ModelSpec("resnet50-head", lambda d: resnet50_head(dropout=d), "backbone.layer4", "backbone."))
+register(ModelSpec("resnet18", lambda d: resnet18(), "layer4"))
+register(ModelSpec("resnet34", lambda d: resnet34(), "layer4"))
+register(ModelSpec("resnet50", lambda d: resnet50(), "layer4"))
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`create_model` (external families listed as `timm:*`/`torchvision:*`)."""
+    return sorted(REGISTRY) + ["timm:<name>", "torchvision:<name>"]
+
+
+def _external(name: str) -> nn.Module:
+    family, _, arch = name.partition(":")
+    try:
+        lib = importlib.import_module(family)
+    except ImportError:
+        raise HistoscanInputError(
+            f"--model {name}: needs the optional package '{family}' (pip install 'histoscan[vision]')"
+        ) from None
+    try:
+        if family == "timm":
+            return lib.create_model(arch, pretrained=False, num_classes=1)
+        return lib.models.get_model(arch, weights=None, num_classes=1)
+    except Exception as e:  # the library's own "unknown model" errors vary by version
+        raise HistoscanInputError(f"--model {name}: {family} cannot build '{arch}' ({e})") from None
+
+
+def create_model(name: str, dropout: float = 0.5, weights: str | Path | None = None) -> nn.Module:
+    """Build a model by registry name, optionally loading a local torchvision-layout state dict."""
+    if name.startswith(("timm:", "torchvision:")):
+        model = _external(name)
+    elif name in REGISTRY:
+        model = REGISTRY[name].build(dropout)
+    else:
+        raise HistoscanInputError(f"--model {name}: unknown model; choose from {', '.join(available_models())}")
+    if weights:
+        load_weights(model, weights, REGISTRY[name].weights_prefix if name in REGISTRY else "")
+    return model
+
+
+def target_layer_name(name: str, model: nn.Module) -> str:
+    """The default Grad-CAM layer: the registry's, else the last Conv2d-containing child module."""
+    if name in REGISTRY:
+        return REGISTRY[name].target_layer
+    last = ""
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            last = mod_name.rsplit(".", 1)[0] if "." in mod_name else mod_name
+    if not last:
+        raise HistoscanInputError(f"model {name}: no convolutional layer to explain")
+    return last
+
+
+def load_weights(model: nn.Module, path: str | Path, prefix: str = "") -> list[str]:
+    """Load a local state dict (torchvision key layout) into `model`; returns the keys left out.
+
+    Classifier keys (`fc.*`) whose shape does not fit the one-logit head are dropped, as when fine-tuning an
+    ImageNet checkpoint. Any other missing or unexpected key is an error naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HistoscanInputError(f"--weights {path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise HistoscanInputError(f"--weights {path}: not a PyTorch state dict ({e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise HistoscanInputError(f"--weights {path}: expected a state dict, got {type(state).__name__}")
+    own = model.state_dict()
+    mapped = {prefix + k: v for k, v in state.items()}
+    # an ImageNet classifier (`fc.*` with 1000 outputs, or none in a trunk-with-head model) is not ours to load
+    dropped = [
+        prefix + k for k in state if k.startswith("fc.") and (prefix + k not in own or own[prefix + k].shape != state[k].shape)
+    ]
+    mapped = {k: v for k, v in mapped.items() if k not in dropped}
+    missing, unexpected = model.load_state_dict(mapped, strict=False) if not _shape_errors(own, mapped) else ([], [])
+    missing = [k for k in missing if not (k.startswith(("fc.", "head.")) or (dropped and k.startswith(prefix + "fc.")))]
+    bad = _shape_errors(own, mapped)
+    if missing or unexpected or bad:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", list(unexpected)), ("shape", bad))
+            if keys
+        )
+        raise HistoscanInputError(f"--weights {path}: does not fit this model ({detail})")
+    return dropped
+
+
+def _shape_errors(own: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in new if k in own and own[k].shape != new[k].shape]
+
+
+__all__ = [
+    "ModelSpec",
+    "REGISTRY",
+    "ResNet",
+    "SimpleCNN",
+    "TrunkWithHead",
+    "available_models",
+    "create_model",
+    "load_weights",
+    "register",
+    "target_layer_name",
+]

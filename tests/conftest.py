@@ -1,0 +1,39 @@
+"""Shared fixtures: paths to ../shared/data (skipped when absent) and a per-test cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from histoscan.paths import shared_data as _shared_data
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prepared-store caches go to a temporary folder, never the user's ~/.cache."""
+    monkeypatch.setenv("HISTOSCAN_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or $HISTOSCAN_SHARED_DATA)."""
+    p = _shared_data()
+    if not p.is_dir():
+        pytest.skip(f"shared data not found at {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def idc_root(shared_data: Path) -> Path:
+    """The real idc-breast patches."""
+    return shared_data / "idc-breast"
+
+
+@pytest.fixture(scope="session")
+def torch_threads() -> None:
+    """Keep tests to the two cores CI has."""
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
