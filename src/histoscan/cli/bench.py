@@ -1,0 +1,44 @@
+"""`histoscan bench`: input-pipeline and training throughput, packed store vs a seed-style loader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from histoscan.paths import shared_data
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `bench` subcommand."""
+    p = sub.add_parser("bench", help="throughput: packed store + batched augmentation vs seed-style loader")
+    p.add_argument(
+        "--data", default=str(shared_data() / "idc-breast"), help="labelled folder with labels.csv"
+    )
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batches", type=int, default=30, help="timed batches for the input pipeline")
+    p.add_argument("--train-batches", type=int, default=5, help="timed training steps per model and pipeline")
+    p.add_argument("--models", default="simple-cnn,resnet50", help="comma list ('' skips training)")
+    p.add_argument("--workers", type=int, help="DataLoader workers of the seed-style loader (default: cores)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the table."""
+    from histoscan.bench import format_bench, run_bench
+
+    r = run_bench(
+        args.data,
+        args.image_size,
+        args.batch_size,
+        args.batches,
+        args.train_batches,
+        tuple(m for m in args.models.split(",") if m),
+        args.workers,
+    )
+    print(format_bench(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return 0

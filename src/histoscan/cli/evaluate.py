@@ -1,0 +1,93 @@
+"""`histoscan evaluate`: metrics with confidence intervals, plots and an HTML report on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_inference_options(p: argparse.ArgumentParser, batch_size: int = 256) -> None:
+    """--tta, --batch-size and --backend, shared by evaluate and predict."""
+    p.add_argument(
+        "--tta",
+        type=int,
+        nargs="?",
+        const=8,
+        default=0,
+        choices=[0, 4, 8],
+        help="test-time augmentation: 4 rotations or 8 dihedral views, logits averaged "
+        "(--tta alone = 8; default 0)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        metavar="B",
+        help=f"patches per forward pass, before TTA views (default {batch_size})",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch (CUDA when available) or onnx (ONNX Runtime on RUN/model.onnx or a .onnx file)",
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `evaluate` subcommand."""
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics (with patient-level 95%% CIs) and an HTML report",
+        description="Score a trained model on labelled data: metrics.json, predictions.csv, "
+        "roc/pr/confusion/calibration plots and a self-contained report.html.",
+    )
+    p.add_argument("run", metavar="RUN_OR_CKPT", help="run folder or checkpoint")
+    p.add_argument(
+        "--data", required=True, help="labelled source (PCam, Kaggle HCD, manifest, folders) or STORE"
+    )
+    p.add_argument("--out", metavar="DIR", help="output folder (default RUN/eval-<data name>/)")
+    add_inference_options(p)
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        metavar="S",
+        help="re-choose the threshold on the run's validation split to reach sensitivity S",
+    )
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.set_defaults(func=run)
+
+
+def _ci(m: dict, key: str) -> str:
+    c = m["ci95"].get(key)
+    return f" [{c[0]:.3f}, {c[1]:.3f}]" if c else ""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the headline numbers."""
+    from histoscan.evaluate import evaluate  # lazy: `histoscan --help` stays fast (torch, matplotlib)
+
+    m = evaluate(
+        args.run,
+        args.data,
+        args.out,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        target_sensitivity=args.target_sensitivity,
+        backend=args.backend,
+        n_boot=args.n_boot,
+    )
+    for note in m["notes"]:
+        print(f"note: {note}")
+    fmt = lambda k: "n/a" if m[k] is None else f"{m[k]:.3f}"  # noqa: E731
+    print(
+        f"{m['n']} patches ({m['n_positive']} tumour, subset: {m['subset']}), threshold {m['threshold']:.3g}"
+    )
+    print(
+        f"AUC {fmt('auc')}{_ci(m, 'auc')}  balanced accuracy {fmt('balanced_accuracy')}"
+        f"{_ci(m, 'balanced_accuracy')}  F1 {fmt('f1')}{_ci(m, 'f1')}"
+    )
+    print(
+        f"sensitivity {fmt('recall')}  specificity {fmt('specificity')}  PR AUC {fmt('pr_auc')}  "
+        f"Brier {fmt('brier')}  ECE {fmt('ece')}"
+    )
+    print(f"report: {m['out']}/report.html")
+    return 0

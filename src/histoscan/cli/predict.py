@@ -1,0 +1,52 @@
+"""`histoscan predict`: tumour probabilities for unlabelled patches (CSV or Kaggle submission)."""
+
+from __future__ import annotations
+
+import argparse
+
+from histoscan.cli.evaluate import add_inference_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `predict` subcommand."""
+    p = sub.add_parser(
+        "predict",
+        help="probabilities for unlabelled patches (CSV or Kaggle submission)",
+        description="Predict tumour probabilities for every patch of DATA.",
+    )
+    p.add_argument(
+        "run", metavar="RUN_OR_CKPT", help="run folder or checkpoint (or .onnx with --backend onnx)"
+    )
+    p.add_argument(
+        "--data", required=True, help="image folder, Kaggle HCD test layout, PCam, manifest or STORE"
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
+    p.add_argument(
+        "--format",
+        choices=["csv", "kaggle"],
+        default="csv",
+        help="csv: id,probability,label (label at the run's threshold); kaggle: id,label with "
+        "label = tumour probability, in sample_submission.csv order",
+    )
+    add_inference_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict and print a one-line summary."""
+    from histoscan.predict import predict  # lazy: `histoscan --help` stays fast (torch, matplotlib)
+
+    s = predict(
+        args.run,
+        args.data,
+        args.out,
+        fmt=args.format,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        backend=args.backend,
+    )
+    print(
+        f"{s['n']} patches -> {s['out']} ({s['format']}); {s['n_positive']} at or above threshold "
+        f"{s['threshold']:.3g}; mean probability {s['mean_probability']:.3f}"
+    )
+    return 0

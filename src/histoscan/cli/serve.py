@@ -1,0 +1,90 @@
+"""`histoscan serve MODEL`: the HTTP API and web page (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from histoscan.errors import HistoscanInputError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `serve` subcommand."""
+    from histoscan.serve.app import ServeSettings  # defaults live in ServeSettings only
+
+    d = ServeSettings()
+    p = subparsers.add_parser(
+        "serve",
+        help="HTTP API + web page for a model",
+        description="Serve MODEL over HTTP: POST /v1/predict, /v1/explain, GET /v1/model, /healthz, "
+        "/metrics, OpenAPI at /docs and a web page at /. Set HISTOSCAN_API_KEY to require "
+        "`Authorization: Bearer <key>`.",
+    )
+    p.add_argument("model", metavar="MODEL", help="run folder, checkpoint (.ckpt) or ONNX export (.onnx)")
+    p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}: this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
+    p.add_argument("--workers", type=int, default=d.workers, help="server processes, each with its own model")
+    p.add_argument(
+        "--device", default=d.device, help="torch device: auto (CUDA when available), cpu, cuda:0 …"
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=d.max_upload_mb, help="request body cap in MB (413)"
+    )
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest width x height of an image")
+    p.add_argument("--max-files", type=int, default=d.max_files, help="images in one /v1/predict request")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="largest micro-batch (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a batch waits to fill")
+    p.add_argument("--queue-size", type=int, default=d.queue_size, help="images waiting at most, then 503")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the options, load the model once (errors exit 2), then run uvicorn until interrupted."""
+    import uvicorn
+
+    from histoscan.serve.app import ServeSettings, create_app, settings_to_env
+
+    for opt in ("port", "workers", "max_batch", "queue_size", "max_files", "max_pixels"):
+        if getattr(args, opt) < (0 if opt == "port" else 1):
+            raise HistoscanInputError(
+                f"--{opt.replace('_', '-')}: must be positive (got {getattr(args, opt)})"
+            )
+    if args.max_upload_mb <= 0 or args.max_wait_ms < 0:
+        raise HistoscanInputError("--max-upload-mb must be > 0 and --max-wait-ms >= 0")
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        device=args.device,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        max_files=args.max_files,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("HISTOSCAN_API_KEY"):
+        log.warning("serving on %s without HISTOSCAN_API_KEY: anyone who can reach it can use it", args.host)
+    app = create_app(args.model, settings)  # loads the model here: a bad MODEL is exit 2, not a worker crash
+    print(
+        f"histoscan serve: {app.state.model.version} on http://{args.host}:{args.port}/ "
+        f"(API docs /docs, batch {args.max_batch}, {args.workers} worker(s))",
+        flush=True,
+    )
+    if args.workers == 1:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    else:  # several processes need an import string: each worker rebuilds the app from the environment
+        del app  # the parent only checked that MODEL loads; the workers hold the models
+        os.environ.update(settings_to_env(args.model, settings))
+        uvicorn.run(
+            "histoscan.serve.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info",
+        )
+    return 0

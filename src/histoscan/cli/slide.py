@@ -1,0 +1,113 @@
+"""`histoscan slide RUN_OR_CKPT SLIDE --out DIR`: whole-slide tumour heatmap, overlay, tiles and regions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from histoscan.slide import OUTPUTS, SlideOptions
+
+_D = SlideOptions()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `slide` subcommand."""
+    p = subparsers.add_parser(
+        "slide",
+        help="whole-slide tumour map",
+        description="Tile a whole slide at the model's patch resolution (µm/px), classify the tissue tiles "
+        "and write heatmap.npy/.png, overlay.png, tiles.csv, regions.geojson (QuPath) and summary.json.",
+    )
+    p.add_argument("run", metavar="RUN_OR_CKPT", help="run folder or checkpoint")
+    p.add_argument(
+        "slide", metavar="SLIDE", help="slide file (.svs/.ndpi/.mrxs/.tif... via OpenSlide, or TIFF)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --force)")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=_D.mpp,
+        help="the SLIDE's level-0 µm/px, overriding its metadata (required when the slide records none); "
+        "the patch µm/px comes from the model",
+    )
+    p.add_argument(
+        "--model-mpp",
+        type=float,
+        default=_D.model_mpp,
+        help="µm/px of the training patches when the run records none (PCam: 0.972)",
+    )
+    p.add_argument(
+        "--stride", type=int, default=_D.stride, help="tile step in model pixels (default: tile size)"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=_D.threshold, help="tumour threshold (default: the run's)"
+    )
+    p.add_argument("--batch-size", type=int, default=_D.batch_size, help=f"tiles per batch ({_D.batch_size})")
+    p.add_argument(
+        "--level", type=int, default=_D.level, help="pyramid level to read (default: best for the mpp)"
+    )
+    p.add_argument(
+        "--min-tissue",
+        type=float,
+        default=_D.min_tissue,
+        help=f"tissue fraction to classify a tile ({_D.min_tissue})",
+    )
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend")
+    p.add_argument(
+        "--onnx", type=Path, default=None, help="ONNX model for --backend onnx (default RUN/model.onnx)"
+    )
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda[:N]")
+    p.add_argument(
+        "--reader", choices=["auto", "openslide", "tifffile"], default=_D.reader, help="slide reader (auto)"
+    )
+    p.add_argument("--workers", type=int, default=_D.workers, help=f"tile-reading threads ({_D.workers})")
+    p.add_argument(
+        "--explain", type=int, default=_D.explain, metavar="K", help="Grad-CAM of the top-K tumour tiles"
+    )
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Map one slide; print where the outputs are and the headline numbers."""
+    import torch
+
+    from histoscan.errors import HistoscanInputError
+    from histoscan.inference import load_model
+    from histoscan.slide import make_logits_fn, map_slide
+
+    for name in ("batch_size", "workers"):
+        if getattr(args, name) < 1:
+            raise HistoscanInputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if not 0 <= args.min_tissue <= 1:
+        raise HistoscanInputError(f"--min-tissue {args.min_tissue}: must be between 0 and 1")
+    if args.explain < 0:
+        raise HistoscanInputError(f"--explain {args.explain}: must be 0 or more")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model = load_model(args.run, device)
+    opts = SlideOptions(
+        mpp=args.mpp,
+        model_mpp=args.model_mpp,
+        stride=args.stride,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        level=args.level,
+        min_tissue=args.min_tissue,
+        explain=args.explain,
+        force=args.force,
+        workers=args.workers,
+        reader=args.reader,
+    )
+    fn = make_logits_fn(model, args.backend, args.batch_size, args.onnx)
+    s = map_slide(model, args.slide, args.out, opts, logits_fn=fn, progress=not args.no_progress)
+    print(
+        f"{Path(args.slide).name}: {s['n_tissue_tiles']} tissue tiles of {s['n_tiles']} "
+        f"(level {s['level']}, {s['tile_size_level0']:.0f} px at level 0), {s['n_tumour_tiles']} above "
+        f"{s['threshold']:.3f} in {s['n_regions']} regions ({s['tumour_area_mm2']:.3f} of "
+        f"{s['tissue_area_mm2']:.2f} mm² tissue), {s['seconds']:.1f} s"
+    )
+    for note in s["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {', '.join(OUTPUTS)} to {args.out}")
+    return 0

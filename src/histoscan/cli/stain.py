@@ -1,0 +1,106 @@
+"""`histoscan stain fit|apply`: fit a Macenko/Reinhard reference on patches, or write normalised copies."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from histoscan.errors import HistoscanInputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `stain fit` and `stain apply`."""
+    p = subparsers.add_parser(
+        "stain",
+        help="fit / apply stain normalisation (Macenko, Reinhard)",
+        description="Fit a stain normaliser on reference patches; `histoscan train --stain FILE` then "
+        "applies it in training, evaluation, prediction, slides and serving.",
+    )
+    sub = p.add_subparsers(dest="stain_command", required=True, parser_class=type(p))
+    f = sub.add_parser("fit", help="fit on reference patches, write the parameters (JSON, or YAML by suffix)")
+    f.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="reference patches or folders of them")
+    f.add_argument("--method", choices=["macenko", "reinhard"], default="macenko", help="default macenko")
+    f.add_argument("--out", required=True, help="output file, e.g. stain.json")
+    f.add_argument(
+        "--max-images", type=int, default=500, help="fit on a seeded sample of this many (default 500)"
+    )
+    f.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    f.set_defaults(func=run)
+    a = sub.add_parser("apply", help="write stain-normalised PNG copies of patches (to inspect a fit)")
+    a.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    a.add_argument("--stain", required=True, help="parameters from `histoscan stain fit`")
+    a.add_argument("--out", required=True, help="output folder")
+    a.set_defaults(func=run)
+
+
+def _image_files(paths: Sequence[str]) -> list[Path]:
+    from histoscan.data.images import is_image_file, list_images
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += list_images(p)
+        elif p.is_file() and is_image_file(p):
+            files.append(p)
+        else:
+            raise HistoscanInputError(f"{p}: not an image file (.png/.tif/.tiff/.jpg/.jpeg) or a folder")
+    if not files:
+        raise HistoscanInputError(f"{', '.join(paths)}: no image files found")
+    return files
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from histoscan.data.images import decode_image
+    from histoscan.stain import fit_stain, save_stain
+
+    if args.max_images < 1:
+        raise HistoscanInputError("--max-images: must be at least 1")
+    files = _image_files(args.images)
+    if len(files) > args.max_images:
+        pick = np.random.default_rng(args.seed).choice(len(files), args.max_images, replace=False)
+        files = [files[i] for i in sorted(pick)]
+    cfg = fit_stain([decode_image(f, str(f))[0] for f in files], args.method)
+    cfg["reference"]["sources"] = list(args.images)
+    out = save_stain(cfg, args.out)
+    params = {k: v for k, v in cfg.items() if k in ("stain_matrix", "max_concentrations", "mean", "std")}
+    print(
+        f"{args.method} fitted on {len(files)} images ({cfg['reference']['n_tissue_pixels']} tissue pixels)"
+    )
+    for k, v in params.items():
+        print(f"  {k}: {np.round(np.asarray(v), 4).tolist()}")
+    print(f"wrote {out}  (use: histoscan train --stain {out} ...)")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+
+    from histoscan.data.images import decode_image
+    from histoscan.stain import load_stain, normaliser_from_config
+
+    norm = normaliser_from_config(load_stain(args.stain))
+    files, out = _image_files(args.images), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        for i in range(0, len(files), 256):  # batches of same-sized images through the batched normaliser
+            chunk = files[i : i + 256]
+            imgs = [decode_image(f, str(f))[0] for f in chunk]
+            for shape in sorted({im.shape for im in imgs}):
+                idx = [j for j, im in enumerate(imgs) if im.shape == shape]
+                x = torch.from_numpy(np.stack([imgs[j] for j in idx])).permute(0, 3, 1, 2).float() / 255.0
+                y = (norm(x).permute(0, 2, 3, 1) * 255.0).round().byte().numpy()
+                for j, im in zip(idx, y, strict=True):
+                    Image.fromarray(im).save(out / f"{chunk[j].stem}.png")
+    print(
+        f"wrote {len(files)} normalised images to {out} ({norm.n_skipped} with too little tissue, unchanged)"
+    )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch `stain fit` / `stain apply`."""
+    return _fit(args) if args.stain_command == "fit" else _apply(args)

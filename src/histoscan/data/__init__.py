@@ -1,0 +1,1 @@
+"""Data: sources and decoding, the packed patch store, splits and loaders."""

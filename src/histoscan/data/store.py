@@ -1,0 +1,387 @@
+"""PatchStore: every patch decoded once into a packed uint8 .npy (memory-mapped), index.csv and meta.json."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from histoscan import __version__
+from histoscan.data.images import Fit, fit_image
+from histoscan.data.sources import Batch, Part, Source, detect_source, fingerprint
+from histoscan.errors import HistoscanInputError
+from histoscan.paths import cache_dir as default_cache_dir
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+FILES = ("meta.json", "index.csv", "images.npy")
+INDEX_COLUMNS = ["id", "label", "group", "source", "split"]
+MAX_SKIPPED_LISTED = 10_000  # meta.json lists at most this many skipped files (n_skipped counts them all)
+
+
+def is_store(path: Path) -> bool:
+    """Whether `path` is a prepared store folder (meta.json + index.csv + images.npy)."""
+    return path.is_dir() and all((path / f).is_file() for f in FILES)
+
+
+class PatchStore:
+    """A prepared store opened read-only: `images` is a memory map, the index lives in memory."""
+
+    def __init__(
+        self,
+        path: Path,
+        images: np.ndarray,
+        ids: list[str],
+        labels: np.ndarray,
+        groups: list[str],
+        sources: list[str],
+        splits: list[str],
+        meta: dict,
+    ):
+        self.path, self.images, self.ids, self.labels = path, images, ids, labels
+        self.groups, self.sources, self.splits, self.meta = groups, sources, splits, meta
+
+    @classmethod
+    def open(cls, root: str | Path) -> PatchStore:
+        """Open STORE (raises HistoscanInputError when it is missing, incomplete or inconsistent)."""
+        root = Path(root).expanduser()
+        if not is_store(root):
+            missing = [f for f in FILES if not (root / f).is_file()]
+            raise HistoscanInputError(f"{root}: not a prepared store (missing {', '.join(missing)})")
+        try:
+            meta = json.loads((root / "meta.json").read_text())
+            images = np.load(root / "images.npy", mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise HistoscanInputError(f"{root}: damaged store ({e})") from None
+        with open(root / "index.csv", newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            if header != INDEX_COLUMNS:
+                raise HistoscanInputError(f"{root / 'index.csv'}: header {header}, expected {INDEX_COLUMNS}")
+            rows = list(reader)
+        if len(rows) != len(images) or images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+            raise HistoscanInputError(
+                f"{root}: index.csv has {len(rows)} rows but images.npy is {images.shape} {images.dtype}"
+            )
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 5
+        labels = np.array([int(v) if v not in ("", "-1") else -1 for v in cols[1]], dtype=np.int8)
+        return cls(root, images, list(cols[0]), labels, list(cols[2]), list(cols[3]), list(cols[4]), meta)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def size(self) -> int:
+        """Patch side in pixels."""
+        return int(self.images.shape[1])
+
+    @property
+    def has_labels(self) -> bool:
+        """Every patch has a 0/1 label."""
+        return len(self) > 0 and bool((self.labels >= 0).all())
+
+    @property
+    def has_groups(self) -> bool:
+        """At least one patch has a known group (patient/slide)."""
+        return any(self.groups)
+
+    def __repr__(self) -> str:
+        return f"PatchStore({self.path}, n={len(self)}, size={self.size}, format={self.meta.get('format')})"
+
+
+def require_labelled(store: PatchStore, both_classes: bool = True) -> None:
+    """Raise HistoscanInputError unless every patch is labelled (and, if asked, both classes occur)."""
+    if len(store) == 0:
+        raise HistoscanInputError(f"{store.path}: the store holds no images")
+    if not store.has_labels:
+        n = int((store.labels < 0).sum())
+        raise HistoscanInputError(
+            f"{store.path}: {n} of {len(store)} images have no label; labelled data needed"
+        )
+    if both_classes:
+        counts = np.bincount(store.labels.astype(np.int64), minlength=2)
+        if counts.min() == 0:
+            only = int(counts.argmax())
+            raise HistoscanInputError(
+                f"{store.path}: only class {only} ({counts[only]} images); need both 0 (normal) and 1 (tumor)"
+            )
+
+
+class StoreSource(Source):
+    """A prepared store used as input (re-packing it, e.g. at another size)."""
+
+    kind = "store"
+
+    def __init__(self, root: Path, part: Part = "auto"):
+        self.store = PatchStore.open(root)
+        if part == "labelled" and not self.store.has_labels:
+            raise HistoscanInputError(f"{root}: has no labels (part 'labelled' asked for)")
+        self.path, self.part = root, "labelled" if self.store.has_labels else "unlabelled"
+        self.mpp, self.native_size = self.store.meta.get("mpp"), self.store.size
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def labelled(self) -> bool:
+        return self.store.has_labels
+
+    def inputs(self) -> list[Path]:
+        return [self.path / f for f in FILES]
+
+    def batches(self, size: int, fit: Fit, skip_bad: bool, batch_size: int = 4096) -> Iterator[Batch]:
+        s = self.store
+        for a in range(0, len(s), batch_size):
+            b = min(a + batch_size, len(s))
+            x = np.asarray(s.images[a:b])
+            notes: Counter[str] = Counter()
+            if x.shape[1] != size:
+                x = np.stack([fit_image(im, size, fit) for im in x])
+                notes["resized" if fit == "resize" else "padded" if s.size < size else "cropped"] += len(x)
+            yield Batch(
+                x, s.ids[a:b], s.labels[a:b].tolist(), s.groups[a:b], s.sources[a:b], s.splits[a:b], notes
+            )
+
+
+def _check_options(image_size: int | None, fit: str) -> None:
+    if fit not in ("pad", "resize"):
+        raise HistoscanInputError(f"--fit: unknown value {fit!r} (use pad or resize)")
+    if image_size is not None and not 8 <= image_size <= 4096:
+        raise HistoscanInputError(f"--image-size: {image_size} is outside 8..4096")
+
+
+def _target_size(src: Source, image_size: int | None) -> int:
+    """The requested size, else the format's native size, else the most common size in the data."""
+    if image_size is not None:
+        return image_size
+    if src.native_size:
+        return src.native_size
+    sizes = src.sizes()
+    if not sizes:
+        raise HistoscanInputError(f"{src.path}: no readable images")
+    h, w = sizes.most_common(1)[0][0]
+    return max(h, w)
+
+
+def _checksum(src: Source, image_size: int | None, fit: str, skip_bad: bool) -> str:
+    params = {
+        "kind": src.kind,
+        "part": src.part,
+        "image_size": image_size,
+        "fit": fit,
+        "skip_bad": skip_bad,
+        "store_version": STORE_VERSION,
+    }
+    return fingerprint(src.inputs(), json.dumps(params, sort_keys=True))
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    if not (out.is_dir() and (out / "meta.json").is_file()):
+        raise HistoscanInputError(f"{out}: exists and is not a histoscan store; refusing to overwrite it")
+    if not force:
+        raise HistoscanInputError(f"{out}: store already exists; use --force to overwrite it")
+
+
+def _shrink_npy(path: Path, n: int) -> None:
+    """Cut a .npy to its first n rows in place: rewrite the shape in the header (same length) and truncate.
+
+    Hand-rolled: numpy has no in-place resize, and copying gigabytes to drop a few skipped rows is waste.
+    """
+    with open(path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, fortran, dtype = read[version](f)
+        offset = f.tell()
+        len_bytes = 2 if version == (1, 0) else 4
+        header_len = offset - 6 - 2 - len_bytes
+        new = repr(
+            {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": (n, *shape[1:])}
+        ).encode("latin1")
+        f.seek(6 + 2 + len_bytes)
+        f.write(new + b" " * (header_len - len(new) - 1) + b"\n")
+        f.truncate(offset + n * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
+def _pack(src: Source, out: Path, size: int, fit: Fit, skip_bad: bool, checksum: str) -> PatchStore:
+    """Decode `src` into a temporary folder beside `out`, then move it into place."""
+    started = time.time()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        n_max = len(src)
+        mm = np.lib.format.open_memmap(
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n_max, size, size, 3)
+        )
+        offset, row_bytes = mm.offset, size * size * 3
+        del mm  # rows are written through a plain file handle so no mapped pages accumulate in RSS
+        n, labels, groups, splits = 0, Counter(), set(), Counter()
+        notes: Counter[str] = Counter()
+        skipped: list[dict[str, str]] = []
+        n_skipped = 0
+        with (
+            open(tmp / "images.npy", "r+b") as fimg,
+            open(tmp / "index.csv", "w", newline="") as fidx,
+            tqdm(total=n_max, unit="img", desc="prepare", file=sys.stderr, mininterval=0.5) as bar,
+        ):
+            index = csv.writer(fidx)
+            index.writerow(INDEX_COLUMNS)
+            for b in src.batches(size, fit, skip_bad):
+                if b.ids:
+                    fimg.seek(offset + n * row_bytes)
+                    fimg.write(memoryview(np.ascontiguousarray(b.images, dtype=np.uint8)).cast("B"))
+                index.writerows(zip(b.ids, b.labels, b.groups, b.sources, b.splits, strict=True))
+                n += len(b.ids)
+                labels.update(b.labels)
+                groups.update(b.groups)
+                splits.update(b.splits)
+                notes.update(b.notes)
+                n_skipped += len(b.skipped)
+                skipped.extend(b.skipped[: max(0, MAX_SKIPPED_LISTED - len(skipped))])
+                bar.update(len(b.ids) + len(b.skipped))
+        if n == 0:
+            raise HistoscanInputError(f"{src.path}: no readable images ({n_skipped} skipped)")
+        if n < n_max:
+            _shrink_npy(tmp / "images.npy", n)
+        groups.discard("")
+        splits.pop("", None)
+        meta = {
+            "format": src.kind,
+            "store_version": STORE_VERSION,
+            "source": str(Path(src.path).resolve()),
+            "part": src.part,
+            "size": size,
+            "fit": fit,
+            "mpp": src.mpp,
+            "n": n,
+            "counts": {str(k) if k >= 0 else "unlabelled": v for k, v in sorted(labels.items())},
+            "n_groups": len(groups),
+            "splits": dict(splits),
+            "checksum": checksum,
+            "n_skipped": n_skipped,
+            "skipped": skipped,
+            "notes": dict(notes),
+            "histoscan_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - started, 2),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PatchStore.open(out)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Atomically rename the finished temp folder to `out` (an old store is moved aside, then deleted)."""
+    old = None
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(
+    data: str | Path,
+    out: str | Path,
+    image_size: int | None = None,
+    fit: Fit = "pad",
+    skip_bad: bool = False,
+    force: bool = False,
+    part: Part = "auto",
+) -> PatchStore:
+    """Decode any supported source once into a packed store.
+
+    Args:
+        data: a source (see `detect_source`) or a store (re-packed, e.g. at another size).
+        out: the store folder to write (STORE/images.npy, index.csv, meta.json).
+        image_size: patch side; None: 96 for PCam/HCD, else the most common size in the data.
+        fit: "pad" (reflect-pad smaller, centre-crop larger) or "resize" (bilinear) for other sizes.
+        skip_bad: skip unreadable or absent images (counted in meta.json) instead of failing.
+        force: overwrite an existing store at `out`.
+        part: "labelled" / "unlabelled" / "auto" (see `detect_source`).
+
+    Returns:
+        The new store, opened.
+
+    Raises:
+        HistoscanInputError: bad input (naming the file or option), or `out` exists without `force`.
+    """
+    _check_options(image_size, fit)
+    out = Path(out).expanduser()
+    _check_out(out, force)
+    src = detect_source(data, part)
+    if src.kind == "store" and Path(src.path).resolve() == out.resolve():
+        raise HistoscanInputError(f"{out}: cannot prepare a store into itself")
+    size = _target_size(src, image_size)
+    return _pack(src, out, size, fit, skip_bad, _checksum(src, image_size, fit, skip_bad))
+
+
+def resolve_store(
+    data: str | Path,
+    cache_dir: str | Path | None = None,
+    image_size: int | None = None,
+    fit: Fit = "pad",
+    skip_bad: bool = False,
+    part: Part = "auto",
+) -> PatchStore:
+    """A store for `data`: a STORE is opened as is; a raw source is prepared into the cache and reused.
+
+    The cache folder is `cache_dir` (default $HISTOSCAN_CACHE/stores, else ~/.cache/histoscan/stores) /
+    sha256(source path + params)[:16]; it is rebuilt when the inputs checksum (paths, sizes, mtimes + params)
+    no longer matches its meta.json. A STORE asked for at another `image_size` is re-packed into the cache.
+    """
+    _check_options(image_size, fit)
+    p = Path(data).expanduser()
+    if is_store(p):
+        store = PatchStore.open(p)
+        if image_size is None or image_size == store.size:
+            if part == "labelled":
+                require_labelled(store, both_classes=False)
+            return store
+    src = detect_source(p, part)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "stores"
+    params = json.dumps([str(p.resolve()), src.part, image_size, fit, skip_bad])
+    target = root / hashlib.sha256(params.encode()).hexdigest()[:16]
+    checksum = _checksum(src, image_size, fit, skip_bad)
+    if is_store(target):
+        try:
+            cached = PatchStore.open(target)
+            if cached.meta.get("checksum") == checksum:
+                log.info("using cached store %s for %s", target, p)
+                return cached
+        except HistoscanInputError:
+            pass  # damaged cache entry: rebuilt below
+        log.info("inputs of %s changed: rebuilding cached store %s", p, target)
+    else:
+        log.info("preparing %s into cached store %s", p, target)
+    return _pack(src, target, _target_size(src, image_size), fit, skip_bad, checksum)

@@ -1,0 +1,81 @@
+"""Model registry: one logit out, torchvision key layout, --weights round trip, Grad-CAM layer names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from histoscan.errors import HistoscanInputError
+from histoscan.models import REGISTRY, create_model, target_layer_name
+
+
+@pytest.mark.parametrize("name", ["simple-cnn", "resnet18", "resnet50-head"])
+@pytest.mark.parametrize("size", [50, 96])
+def test_one_logit_per_image(name, size):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, size, size))
+    assert out.shape == (2, 1)
+    assert torch.isfinite(out).all()
+
+
+def test_resnet_keys_match_torchvision_layout():
+    keys = set(create_model("resnet50").state_dict())
+    # a handful of keys as torchvision names them (resnet50 IMAGENET1K weights)
+    for k in ["conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight",
+              "layer4.2.bn3.num_batches_tracked", "fc.weight", "fc.bias"]:
+        assert k in keys
+    assert len([k for k in keys if k.endswith(".weight")]) == 107  # torchvision resnet50: 53 conv/bn/fc x2 + ...
+
+
+def test_weights_round_trip(tmp_path):
+    src = create_model("resnet18")
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    dst = create_model("resnet18", weights=tmp_path / "r18.pth")
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+
+
+def test_imagenet_style_weights_drop_the_1000_class_fc(tmp_path):
+    state = create_model("resnet18").state_dict()
+    state["fc.weight"] = torch.zeros(1000, 512)
+    state["fc.bias"] = torch.zeros(1000)
+    torch.save(state, tmp_path / "imagenet.pth")
+    model = create_model("resnet18", weights=tmp_path / "imagenet.pth")
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    assert model.fc.weight.shape == (1, 512)
+
+
+def test_torchvision_weights_load_into_the_head_models_trunk(tmp_path):
+    trunk = create_model("resnet50").state_dict()
+    torch.save(trunk, tmp_path / "r50.pth")
+    model = create_model("resnet50-head", weights=tmp_path / "r50.pth")
+    assert torch.equal(model.state_dict()["backbone.layer3.1.conv2.weight"], trunk["layer3.1.conv2.weight"])
+
+
+def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
+    torch.save(create_model("resnet18").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(HistoscanInputError, match="r18.pth.*does not fit"):
+        create_model("resnet50", weights=tmp_path / "r18.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    with pytest.raises(HistoscanInputError, match="junk.pth"):
+        create_model("resnet18", weights=tmp_path / "junk.pth")
+    with pytest.raises(HistoscanInputError, match="missing.pth: file not found"):
+        create_model("resnet18", weights=tmp_path / "missing.pth")
+
+
+def test_unknown_and_missing_optional_models():
+    with pytest.raises(HistoscanInputError, match="unknown model"):
+        create_model("vgg99")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(HistoscanInputError, match="histoscan\\[vision\\]"):
+            create_model("timm:resnet18")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_target_layer_exists_and_is_convolutional(name):
+    model = create_model(name)
+    layer = dict(model.named_modules())[target_layer_name(name, model)]
+    assert any(isinstance(m, torch.nn.Conv2d) for m in layer.modules())
