@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -186,3 +187,18 @@ def test_fast_on_cpu() -> None:
     assert (
         time.perf_counter() - t < 5.0
     )  # ~0.3 s on 2 free cores, ~1 s on busy ones; a per-sample loop is slower
+
+
+def test_d4_folded_into_affine_grid_is_exact() -> None:
+    """With d4 and a zero-strength affine, the fused single grid_sample still yields exact D4 views."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 12, 12)
+    aug = BatchAugment(["d4", "affine"], rotation=0.0, zoom=0.0, shear=0.0).train()
+    y = aug(x)
+    seen = set()
+    for i in range(len(x)):
+        errs = [float((dihedral(x[i], k) - y[i]).abs().max()) for k in range(8)]
+        k = int(np.argmin(errs))
+        assert errs[k] < 1e-5, errs
+        seen.add(k)
+    assert seen == set(range(8))

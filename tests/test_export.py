@@ -186,7 +186,7 @@ def test_cli_prints_parity(runs: dict[str, Path], tmp_path: Path, capsys: pytest
     assert "parity: max |Δlogit| = " in printed and out.is_file()
     assert read_metadata(out)["opset"] == "21"
     assert main(["export", str(runs["simple-cnn"]), "--out", str(out), "--opset", "99"]) == 2
-    assert "--opset 99: choose 11..", capsys.readouterr().err
+    assert "--opset 99: choose 11.." in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--out", str(out)]) == 2
 
 

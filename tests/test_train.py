@@ -26,8 +26,15 @@ def idc_store(idc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=str(store), out=str(out), model="simple-cnn", epochs=2, batch_size=32, limit_batches=3,
-                augment=["d4", "hed"])
+    base = dict(
+        data=str(store),
+        out=str(out),
+        model="simple-cnn",
+        epochs=2,
+        batch_size=32,
+        limit_batches=3,
+        augment=["d4", "hed"],
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -39,8 +46,15 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_end_to_end_run_folder(idc_store: Path, tmp_path: Path):
     run = train(_cfg(idc_store, tmp_path / "run"))
-    for name in ("config.yaml", "split.csv", "metrics.csv", "threshold.json", "data.json",
-                 "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "split.csv",
+        "metrics.csv",
+        "threshold.json",
+        "data.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+    ):
         assert (run / name).is_file(), name
     # split grouped by patient: no patient on two sides, all three sides present
     split = _rows(run / "split.csv")

@@ -117,8 +117,14 @@ class BatchAugment(nn.Module):
             dtype = x.dtype
             y = x.float()
             with torch.autocast(x.device.type, enabled=False):  # float32 even inside a bf16/fp16-mixed step
+                fuse = "d4" in self.ops and "affine" in self.ops and y.shape[-1] == y.shape[-2]
                 for op in self.ops:
-                    y = getattr(self, f"_{op}")(y, g)
+                    if fuse and op == "d4":
+                        continue  # folded into the affine grid: one resampling pass instead of two
+                    if fuse and op == "affine":
+                        y = self._affine(y, g, with_d4=True)
+                    else:
+                        y = getattr(self, f"_{op}")(y, g)
             x = y.to(dtype)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -141,7 +147,7 @@ class BatchAugment(nn.Module):
         x = torch.where(bits[:, 1], x.flip(-1), x)
         return torch.where(bits[:, 2], x.flip(-2), x)
 
-    def _affine(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    def _affine(self, x: torch.Tensor, g: torch.Generator | None, with_d4: bool = False) -> torch.Tensor:
         n, _, h, w = x.shape
         dev = x.device
         angle = self._uniform(n, -self.rotation, self.rotation, g, dev) * (math.pi / 180.0)
@@ -152,12 +158,22 @@ class BatchAugment(nn.Module):
         cos, sin = angle.cos(), angle.sin()
         # A = R(angle) @ [[1, shear], [0, 1]] * scale, in pixel units; conjugated into affine_grid's [-1, 1]
         # coordinates (x scaled by w/2, y by h/2) so non-square images rotate without distortion
-        a00, a01 = cos * scale, (cos * shear - sin) * scale
-        a10, a11 = sin * scale, (sin * shear + cos) * scale
-        zero = torch.zeros_like(angle)
-        theta = torch.stack(
-            [torch.stack([a00, a01 * (h / w), zero], 1), torch.stack([a10 * (w / h), a11, zero], 1)], 1
-        )
+        a = torch.stack(
+            [
+                torch.stack([cos * scale, (cos * shear - sin) * scale * (h / w)], 1),
+                torch.stack([sin * scale * (w / h), (sin * shear + cos) * scale], 1),
+            ],
+            1,
+        )  # N x 2 x 2
+        if with_d4:
+            # a random D4 element (transpose, flip x, flip y bits) as a 2x2 matrix composed into the same grid;
+            # 90° multiples map pixel centres onto pixel centres, so this part of the resampling is exact
+            bits = (torch.rand(n, 3, generator=g) < 0.5).float()
+            t = bits[:, 0].view(n, 1, 1)
+            m = (1 - t) * torch.eye(2) + t * torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+            m = torch.diag_embed(1 - 2 * bits[:, 1:]) @ m
+            a = a @ m.to(dev, non_blocking=True)
+        theta = torch.cat([a, torch.zeros(n, 2, 1, device=dev)], 2)
         grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -165,15 +181,18 @@ class BatchAugment(nn.Module):
         n = x.shape[0]
         b = self._uniform(n, 1.0 - self.brightness, 1.0 + self.brightness, g, x.device).view(n, 1, 1, 1)
         c = self._uniform(n, 1.0 - self.contrast, 1.0 + self.contrast, g, x.device).view(n, 1, 1, 1)
-        x = (x * b).clamp(0.0, 1.0)
+        # brightness b then contrast c around the (brightened) mean grey g*b, fused into one pass:
+        # (x*b - g*b)*c + g*b = x*(b*c) + g*b*(1 - c)
         grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean(dim=(-2, -1)).view(n, 1, 1, 1)
-        return ((x - grey) * c + grey).clamp(0.0, 1.0)
+        return torch.addcmul(grey * b * (1 - c), x, b * c).clamp_(0.0, 1.0)
 
     def _hed(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         n, s = x.shape[0], self.hed_sigma
-        alpha = self._uniform(n * 3, 1.0 - s, 1.0 + s, g, x.device).view(n, 1, 1, 3)
-        beta = self._uniform(n * 3, -s, s, g, x.device).view(n, 1, 1, 3)
-        od = -torch.log(x.clamp_min(_OD_EPS)).permute(0, 2, 3, 1)  # N x H x W x 3
-        hed = od @ self.hed_from_rgb
-        od = (hed * alpha + beta) @ self.rgb_from_hed
-        return torch.exp(-od).clamp(0.0, 1.0).permute(0, 3, 1, 2)
+        alpha = self._uniform(n * 3, 1.0 - s, 1.0 + s, g, x.device).view(n, 3)
+        beta = self._uniform(n * 3, -s, s, g, x.device).view(n, 1, 3)
+        # ((od @ H) * alpha + beta) @ R == od @ (H diag(alpha) R) + beta @ R: one batched 3x3 per sample
+        mix = self.hed_from_rgb @ (alpha.unsqueeze(-1) * self.rgb_from_hed)  # N x 3 x 3
+        shift = beta @ self.rgb_from_hed  # N x 1 x 3
+        od = -torch.log(x.clamp_min(_OD_EPS)).permute(0, 2, 3, 1).reshape(n, -1, 3)  # N x HW x 3
+        od = torch.baddbmm(shift, od, mix)
+        return torch.exp(-od).clamp_(0.0, 1.0).view(n, x.shape[2], x.shape[3], 3).permute(0, 3, 1, 2)

@@ -35,30 +35,48 @@ def peak_rss_mb() -> float:
 
 
 class SeedStyleDataset(Dataset):
-    """The seeds' loader: PIL decode every access, per-sample transforms, ToTensor + Normalize.
+    """The seeds' loader: PIL decode on every access and per-sample transforms, then ToTensor + Normalize.
 
-    Written with PIL/torch because torchvision.transforms cannot be installed CPU-only here; the operations
-    and their order are torchvision's Resize -> RandomHorizontalFlip -> RandomVerticalFlip -> RandomRotation(20)
-    -> ToTensor -> Normalize(ImageNet).
+    It applies the same augmentation as histoscan's default (D4 flip/rotation, affine rotation/zoom/shear,
+    brightness/contrast, HED jitter) one image at a time, the way a torchvision/numpy pipeline does, so the
+    comparison measures batching and decoding, not a lighter augmentation. Written with PIL/numpy because
+    torchvision cannot be installed CPU-only here.
     """
 
     def __init__(self, paths: list[Path], labels: list[int], size: int):
         self.paths, self.labels, self.size = paths, labels, size
-        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-        self.std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        self.mean = np.array([0.485, 0.456, 0.406], np.float32)
+        self.std = np.array([0.229, 0.224, 0.225], np.float32)
+        rgb_from_hed = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+        self.rgb_from_hed = rgb_from_hed / np.linalg.norm(rgb_from_hed, axis=1, keepdims=True)
+        self.hed_from_rgb = np.linalg.inv(self.rgb_from_hed)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng()
         img = Image.open(self.paths[i]).convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-        if torch.rand(()) < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        if torch.rand(()) < 0.5:
-            img = img.transpose(Image.FLIP_TOP_BOTTOM)
-        img = img.rotate(float(torch.empty(()).uniform_(-20, 20)), resample=Image.NEAREST)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
-        return (x - self.mean) / self.std, torch.tensor(float(self.labels[i]))
+        for flip, p in ((Image.FLIP_LEFT_RIGHT, 0.5), (Image.FLIP_TOP_BOTTOM, 0.5), (Image.TRANSPOSE, 0.5)):
+            if rng.random() < p:
+                img = img.transpose(flip)
+        a, z, sh = np.deg2rad(rng.uniform(-20, 20)), 1 / rng.uniform(0.8, 1.2), rng.uniform(-0.2, 0.2)
+        m = z * np.array([[np.cos(a), np.cos(a) * sh - np.sin(a)], [np.sin(a), np.sin(a) * sh + np.cos(a)]])
+        c = self.size / 2
+        off = np.array([c, c]) - m @ np.array([c, c])
+        img = img.transform(img.size, Image.AFFINE, (*m[0], off[0], *m[1], off[1]), resample=Image.BILINEAR)
+        x = np.asarray(img, dtype=np.float32) / 255
+        x = np.clip(x * rng.uniform(0.9, 1.1), 0, 1)
+        grey = (x @ np.array([0.299, 0.587, 0.114], np.float32)).mean()
+        x = np.clip((x - grey) * rng.uniform(0.9, 1.1) + grey, 0, 1)
+        hed = -np.log(np.maximum(x, 1e-6)) @ self.hed_from_rgb
+        x = np.clip(
+            np.exp(-((hed * rng.uniform(0.95, 1.05, 3) + rng.uniform(-0.05, 0.05, 3)) @ self.rgb_from_hed)),
+            0,
+            1,
+        )
+        x = ((x - self.mean) / self.std).astype(np.float32)
+        return torch.from_numpy(x.transpose(2, 0, 1).copy()), torch.tensor(float(self.labels[i]))
 
 
 def _folder_items(data: Path) -> tuple[list[Path], list[int]]:

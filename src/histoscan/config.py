@@ -35,6 +35,8 @@ class TrainConfig:
     monitor: Literal["val_auc", "val_loss"] = "val_auc"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    folds: int | None = None  # cross-validation: the test split is fold `fold` of `folds` grouped folds
+    fold: int | None = None
     balanced: bool = False  # class-balanced sampling of the training split
     augment: list[str] = field(default_factory=lambda: ["d4", "affine", "color", "hed"])
     freeze_epochs: int = 0  # epochs with the trunk frozen before fine-tuning (resnet50-head recipe)

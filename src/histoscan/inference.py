@@ -126,11 +126,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise HistoscanInputError(f"{ckpt_path}: not a histoscan checkpoint (no config/state_dict)")
     config = TrainConfig.from_dict(hp["config"])
     clf = build_classifier(config, weights=False)
-    state = {k.removeprefix("classifier."): v for k, v in ckpt["state_dict"].items() if k.startswith("classifier.")}
+    state = {
+        k.removeprefix("classifier."): v for k, v in ckpt["state_dict"].items() if k.startswith("classifier.")
+    }
     try:
         clf.load_state_dict(state)
     except RuntimeError as e:
-        raise HistoscanInputError(f"{ckpt_path}: weights do not match model '{config.model}' ({e})") from None
+        detail = " ".join(str(e).split())[:300]
+        raise HistoscanInputError(
+            f"{ckpt_path}: weights do not match model '{config.model}' ({detail})"
+        ) from None
     clf.to(device).eval()
     size = int(hp.get("image_size") or config.image_size or 96)
     mpp = hp.get("mpp", config.mpp)

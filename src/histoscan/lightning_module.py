@@ -102,7 +102,9 @@ class EpochSeeding(L.Callback):
     def __init__(self, seed: int):
         self.seed = seed
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         s = int(np.random.SeedSequence([self.seed, trainer.current_epoch, batch_idx]).generate_state(1)[0])
         random.seed(s)
         np.random.seed(s)

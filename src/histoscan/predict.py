@@ -88,6 +88,8 @@ def _onnx_backend(path: Path) -> tuple[Backend, dict[str, Any]]:
         raise HistoscanInputError(
             f"{onnx_path}: no image size in the model's metadata and no run folder beside it"
         )
+    if "threshold" in meta.get("raw", {}):
+        meta.setdefault("threshold_source", "ONNX metadata (chosen on the run's validation split)")
     meta.setdefault("threshold", 0.5)
     meta.setdefault("threshold_source", "default 0.5 (the ONNX model carries no threshold)")
     meta.update(backend="onnx", checkpoint=str(onnx_path), run_dir=run_dir)

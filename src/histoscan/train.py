@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import BackboneFinetuning, EarlyStopping, Model
 
 from histoscan.config import TrainConfig
 from histoscan.data.loader import StoreDataModule
-from histoscan.data.splits import check_grouping, make_split, write_split
+from histoscan.data.splits import check_grouping, make_folds, make_split, write_split
 from histoscan.data.store import PatchStore, require_labelled, resolve_store
 from histoscan.errors import HistoscanInputError
 from histoscan.inference import load_model
@@ -67,9 +67,12 @@ def _trim_metrics(path: Path, before_epoch: int) -> None:
 def split_store(store: PatchStore, config: TrainConfig) -> np.ndarray:
     """The run's split ("train"/"val"/"test" per store row), grouped by patient/slide when known."""
     groups = store.groups if store.has_groups else None
-    split = make_split(
-        store.labels, groups, config.val_fraction, config.test_fraction, config.seed, store.splits
-    )
+    if config.folds:
+        split = _fold_split(store, groups, config)
+    else:
+        split = make_split(
+            store.labels, groups, config.val_fraction, config.test_fraction, config.seed, store.splits
+        )
     check_grouping(split, groups)
     for name in ("train", "val"):
         labels = store.labels[split == name]
@@ -81,6 +84,21 @@ def split_store(store: PatchStore, config: TrainConfig) -> np.ndarray:
     return split
 
 
+def _fold_split(store: PatchStore, groups: list[str] | None, config: TrainConfig) -> np.ndarray:
+    """Cross-validation split: fold `config.fold` is the test side; validation is carved from the other folds."""
+    if config.fold is None or not 0 <= config.fold < config.folds:
+        raise HistoscanInputError(f"--fold {config.fold}: must be in 0..{config.folds - 1}")
+    folds = make_folds(store.labels, groups, config.folds, config.seed)
+    split = np.where(folds == config.fold, "test", "train").astype(object)
+    rest = np.flatnonzero(split == "train")
+    val_share = config.val_fraction / (1 - 1 / config.folds)
+    sub = make_split(
+        store.labels[rest], None if groups is None else [groups[i] for i in rest], val_share, 0.0, config.seed
+    )
+    split[rest] = sub
+    return split
+
+
 def build_trainer(config: TrainConfig, run: Path, callbacks: list[L.Callback] | None = None) -> L.Trainer:
     """A Trainer with early stopping, best/last checkpoints, per-epoch metrics.csv and the run's precision."""
     mode = "max" if config.monitor == "val_auc" else "min"
@@ -89,7 +107,11 @@ def build_trainer(config: TrainConfig, run: Path, callbacks: list[L.Callback] | 
         MetricsCSV(run / "metrics.csv"),
         EarlyStopping(config.monitor, patience=config.patience, mode=mode),
         ModelCheckpoint(
-            run / "checkpoints", filename="best", monitor=config.monitor, mode=mode, enable_version_counter=False
+            run / "checkpoints",
+            filename="best",
+            monitor=config.monitor,
+            mode=mode,
+            enable_version_counter=False,
         ),
         # last.ckpt every epoch whatever the monitor did (save_last only follows top-k saves): what --resume uses
         ModelCheckpoint(run / "checkpoints", filename="last", monitor=None, enable_version_counter=False),
@@ -140,7 +162,7 @@ def train(config: TrainConfig, force: bool = False, resume: bool = False) -> Pat
         saved.epochs = config.epochs
         config = saved
     store = resolve_store(config.data, image_size=config.image_size, fit=config.fit, skip_bad=config.skip_bad)
-    require_labelled(store, both_classes=True)
+    require_labelled(store, both_classes=True, name=config.data)
     spec = REGISTRY.get(config.model)
     if config.freeze_epochs > 0 and (spec is None or spec.weights_prefix != "backbone."):
         raise HistoscanInputError(f"--freeze-epochs: model {config.model} has no separate backbone to freeze")

@@ -32,7 +32,11 @@ def test_idc_split_never_shares_a_patient(idc_labels):
     split = make_split(labels, groups, 0.15, 0.15, seed=0)
     check_grouping(split, groups)  # raises on a leak
     sides = {s: {g for g, t in zip(groups, split, strict=True) if t == s} for s in ("train", "val", "test")}
-    assert not sides["train"] & sides["val"] and not sides["train"] & sides["test"] and not sides["val"] & sides["test"]
+    assert (
+        not sides["train"] & sides["val"]
+        and not sides["train"] & sides["test"]
+        and not sides["val"] & sides["test"]
+    )
     assert sum(len(v) for v in sides.values()) == len(set(groups)) == 195
 
 

@@ -22,10 +22,17 @@ def test_one_logit_per_image(name, size):
 def test_resnet_keys_match_torchvision_layout():
     keys = set(create_model("resnet50").state_dict())
     # a handful of keys as torchvision names them (resnet50 IMAGENET1K weights)
-    for k in ["conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight",
-              "layer4.2.bn3.num_batches_tracked", "fc.weight", "fc.bias"]:
+    for k in [
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.downsample.0.weight",
+        "layer4.2.conv3.weight",
+        "layer4.2.bn3.num_batches_tracked",
+        "fc.weight",
+        "fc.bias",
+    ]:
         assert k in keys
-    assert len([k for k in keys if k.endswith(".weight")]) == 107  # torchvision resnet50: 53 conv/bn/fc x2 + ...
+    assert len([k for k in keys if k.endswith(".weight")]) == 107  # 53 conv + 53 bn + fc
 
 
 def test_weights_round_trip(tmp_path):

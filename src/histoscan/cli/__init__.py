@@ -15,8 +15,20 @@ from histoscan import __version__
 from histoscan.errors import HistoscanInputError
 
 # module name in histoscan.cli for each subcommand, in help order
-COMMANDS = ["prepare", "download", "train", "evaluate", "predict", "explain", "slide", "stain", "export", "serve",
-            "bench"]
+COMMANDS = [
+    "prepare",
+    "download",
+    "train",
+    "cv",
+    "evaluate",
+    "predict",
+    "explain",
+    "slide",
+    "stain",
+    "export",
+    "serve",
+    "bench",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every subcommand whose module is present."""
-    parser = _Parser(prog="histoscan", description="Tumour detection in H&E histopathology patches and slides.")
+    parser = _Parser(
+        prog="histoscan", description="Tumour detection in H&E histopathology patches and slides."
+    )
     parser.add_argument("--version", action="version", version=f"histoscan {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from histoscan.data.store import PatchStore, prepare
+if TYPE_CHECKING:
+    from histoscan.data.store import PatchStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +67,8 @@ def summary(store: PatchStore) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the store and print its summary."""
+    from histoscan.data.store import prepare  # lazy: numpy, tqdm, PIL and the source readers
+
     store = prepare(
         args.data,
         args.out,

@@ -7,15 +7,14 @@ import logging
 import os
 
 from histoscan.errors import HistoscanInputError
+from histoscan.serve.settings import ServeSettings  # stdlib only; the app (FastAPI) is imported by run()
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `serve` subcommand."""
-    from histoscan.serve.app import ServeSettings  # defaults live in ServeSettings only
-
-    d = ServeSettings()
+    d = ServeSettings()  # defaults live in ServeSettings only
     p = subparsers.add_parser(
         "serve",
         help="HTTP API + web page for a model",
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate the options, load the model once (errors exit 2), then run uvicorn until interrupted."""
     import uvicorn
 
-    from histoscan.serve.app import ServeSettings, create_app, settings_to_env
+    from histoscan.serve.app import create_app, settings_to_env
 
     for opt in ("port", "workers", "max_batch", "queue_size", "max_files", "max_pixels"):
         if getattr(args, opt) < (0 if opt == "port" else 1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoscan.slide import OUTPUTS, SlideOptions
+from histoscan.slide_tiles import OUTPUTS, SlideOptions  # light: numpy and PIL, no torch or scipy
 
 _D = SlideOptions()
 

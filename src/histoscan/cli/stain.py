@@ -6,8 +6,6 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from histoscan.errors import HistoscanInputError
 
 
@@ -53,6 +51,8 @@ def _image_files(paths: Sequence[str]) -> list[Path]:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from histoscan.data.images import decode_image
     from histoscan.stain import fit_stain, save_stain
 
@@ -76,6 +76,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
     from PIL import Image
 

@@ -10,12 +10,21 @@ from histoscan.config import TrainConfig
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand. Option defaults come from TrainConfig (None here means: keep its default)."""
-    d = TrainConfig()
     p = sub.add_parser(
         "train",
         help="train a tumour/normal classifier on a labelled source or store",
         description="Train with a patient/slide-grouped split; writes a run folder.",
     )
+    add_train_options(p)
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from checkpoints/last.ckpt"
+    )
+    p.set_defaults(func=run)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `train` and `cv`."""
+    d = TrainConfig()
     p.add_argument(
         "--data", required=True, help="labelled source (PCam, Kaggle HCD, manifest CSV, folders) or STORE"
     )
@@ -49,10 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "32", "bf16-mixed", "16-mixed"], help="default auto")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images (counted)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from checkpoints/last.ckpt"
-    )
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

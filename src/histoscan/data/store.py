@@ -103,21 +103,25 @@ class PatchStore:
         return f"PatchStore({self.path}, n={len(self)}, size={self.size}, format={self.meta.get('format')})"
 
 
-def require_labelled(store: PatchStore, both_classes: bool = True) -> None:
-    """Raise HistoscanInputError unless every patch is labelled (and, if asked, both classes occur)."""
+def require_labelled(store: PatchStore, both_classes: bool = True, name: str | Path | None = None) -> None:
+    """Raise HistoscanInputError unless every patch is labelled (and, if asked, both classes occur).
+
+    `name` is what the message names (the user's DATA argument); default the store's folder.
+    """
+    where = name if name is not None else store.path
     if len(store) == 0:
-        raise HistoscanInputError(f"{store.path}: the store holds no images")
+        raise HistoscanInputError(f"{where}: the store holds no images")
     if not store.has_labels:
         n = int((store.labels < 0).sum())
         raise HistoscanInputError(
-            f"{store.path}: {n} of {len(store)} images have no label; labelled data needed"
+            f"{where}: {n} of {len(store)} images have no label; labelled data needed"
         )
     if both_classes:
         counts = np.bincount(store.labels.astype(np.int64), minlength=2)
         if counts.min() == 0:
             only = int(counts.argmax())
             raise HistoscanInputError(
-                f"{store.path}: only class {only} ({counts[only]} images); need both 0 (normal) and 1 (tumor)"
+                f"{where}: only class {only} ({counts[only]} images); need both 0 (normal) and 1 (tumor)"
             )
 
 

@@ -38,7 +38,7 @@ def register(spec: ModelSpec) -> None:
     REGISTRY[spec.name] = spec
 
 
-register(ModelSpec("simple-cnn", lambda d: SimpleCNN(dropout=d), "features.4"))
+register(ModelSpec("simple-cnn", lambda d: SimpleCNN(dropout=d), "features.4.2"))  # ReLU before the last pool
 register(ModelSpec("resnet50-head", lambda d: resnet50_head(dropout=d), "backbone.layer4", "backbone."))
 register(ModelSpec("resnet18", lambda d: resnet18(), "layer4"))
 register(ModelSpec("resnet34", lambda d: resnet34(), "layer4"))
@@ -73,7 +73,9 @@ def create_model(name: str, dropout: float = 0.5, weights: str | Path | None = N
     elif name in REGISTRY:
         model = REGISTRY[name].build(dropout)
     else:
-        raise HistoscanInputError(f"--model {name}: unknown model; choose from {', '.join(available_models())}")
+        raise HistoscanInputError(
+            f"--model {name}: unknown model; choose from {', '.join(available_models())}"
+        )
     if weights:
         load_weights(model, weights, REGISTRY[name].weights_prefix if name in REGISTRY else "")
     return model
@@ -113,11 +115,19 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str = "") -> list[s
     mapped = {prefix + k: v for k, v in state.items()}
     # an ImageNet classifier (`fc.*` with 1000 outputs, or none in a trunk-with-head model) is not ours to load
     dropped = [
-        prefix + k for k in state if k.startswith("fc.") and (prefix + k not in own or own[prefix + k].shape != state[k].shape)
+        prefix + k
+        for k in state
+        if k.startswith("fc.") and (prefix + k not in own or own[prefix + k].shape != state[k].shape)
     ]
     mapped = {k: v for k, v in mapped.items() if k not in dropped}
-    missing, unexpected = model.load_state_dict(mapped, strict=False) if not _shape_errors(own, mapped) else ([], [])
-    missing = [k for k in missing if not (k.startswith(("fc.", "head.")) or (dropped and k.startswith(prefix + "fc.")))]
+    missing, unexpected = (
+        model.load_state_dict(mapped, strict=False) if not _shape_errors(own, mapped) else ([], [])
+    )
+    missing = [
+        k
+        for k in missing
+        if not (k.startswith(("fc.", "head.")) or (dropped and k.startswith(prefix + "fc.")))
+    ]
     bad = _shape_errors(own, mapped)
     if missing or unexpected or bad:
         detail = "; ".join(

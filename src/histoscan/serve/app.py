@@ -10,7 +10,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,6 +29,7 @@ from histoscan.serve.backend import ExplainUnavailable, ServedModel, load_served
 from histoscan.serve.batching import MicroBatcher, QueueFullError
 from histoscan.serve.guard import BodyTooLarge, RequestGuard, error_body
 from histoscan.serve.metrics import CONTENT_TYPE, ServerMetrics
+from histoscan.serve.settings import ServeSettings
 from histoscan.serve.uploads import Upload, UploadError, read_upload
 
 log = logging.getLogger(__name__)
@@ -37,28 +38,6 @@ API_KEY_ENV = "HISTOSCAN_API_KEY"
 MODEL_ENV = "HISTOSCAN_SERVE_MODEL"
 SETTINGS_ENV = "HISTOSCAN_SERVE_SETTINGS"
 STATIC = resources.files("histoscan.serve") / "static"
-
-
-@dataclass
-class ServeSettings:
-    """Server options; every default of `histoscan serve` lives here."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    device: str = "auto"  # auto: CUDA when available
-    max_upload_mb: float = 10.0  # whole request body
-    max_pixels: int = 4096 * 4096  # declared width x height of one image (decompression bombs)
-    max_files: int = 256  # images in one /v1/predict request
-    max_batch: int = 64
-    max_wait_ms: float = 10.0
-    queue_size: int = 256
-    retry_after_s: int = 1
-    api_key: str | None = None  # None: taken from $HISTOSCAN_API_KEY when the app is created
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
 
 
 def create_app(model_path: str | Path, settings: ServeSettings | None = None) -> FastAPI:

@@ -1,0 +1,45 @@
+"""`histoscan cv`: patient-grouped k-fold cross-validation with the same options as `train`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `cv` subcommand (train's options plus --folds and --tta)."""
+    from histoscan.cli.train import add_train_options
+
+    p = sub.add_parser(
+        "cv",
+        help="grouped k-fold cross-validation: a run per fold, pooled metrics with CIs",
+        description="Train one run per fold (OUT/fold-<i>), evaluate each on its held-out "
+        "patients, pool the predictions into OUT/cv.json.",
+    )
+    add_train_options(p)
+    p.add_argument("--folds", type=int, default=5, help="number of grouped folds (default 5)")
+    p.add_argument(
+        "--tta",
+        type=int,
+        nargs="?",
+        const=8,
+        default=0,
+        choices=[0, 4, 8],
+        help="test-time augmentation views at evaluation (bare --tta: 8)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the cross-validation and print the pooled figures."""
+    from histoscan.cli.train import config_from_args
+    from histoscan.crossval import crossval
+
+    r = crossval(config_from_args(args), folds=args.folds, tta=args.tta, force=args.force)
+    m = r["pooled"]
+    ci = m["ci95"]
+    print(f"{r['folds']}-fold CV, {m['n']} patches, {r['seconds']:.0f} s")
+    for k in ("auc", "balanced_accuracy", "f1"):
+        lo, hi = ci[k] if ci.get(k) else (float("nan"), float("nan"))
+        print(f"  {k:18s} {m[k]:.3f}  [{lo:.3f}, {hi:.3f}]")
+    print(f"  {args.out}/cv.json")
+    return 0
