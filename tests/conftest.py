@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,9 +31,12 @@ def idc_root(shared_data: Path) -> Path:
     return shared_data / "idc-breast"
 
 
-@pytest.fixture(scope="session")
-def torch_threads() -> None:
-    """Keep tests to the two cores CI has."""
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a test module: on a shared 2-core machine two threads contend and run 10x slower."""
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

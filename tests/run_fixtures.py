@@ -1,10 +1,15 @@
-"""Test helpers: a tiny labelled IDC store and a run folder as histoscan train writes it (random weights)."""
+"""Test helpers: a tiny labelled IDC store and run folders as histoscan train writes them (random weights).
+
+The one builder of run folders for the whole suite (`make_run`); import it as `from run_fixtures import ...`
+(pytest puts tests/ on sys.path, as tests/ has no __init__.py).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +49,7 @@ def idc_store(
 
 
 def make_run(
-    tmp: Path,
+    root: Path,
     model: str = "simple-cnn",
     image_size: int = 50,
     threshold: float | None = 0.5,
@@ -52,31 +57,42 @@ def make_run(
     mpp: float | None = 4.0,
     seed: int = 0,
     test_fraction: float = 0.34,
+    *,
+    bn_stats: bool = False,
+    data_json: dict | None = None,
+    **config: Any,
 ) -> Path:
-    """Write RUN = tmp/run as `histoscan train` would, with a randomly initialised model.
+    """Write the run folder ROOT as `histoscan train` would, with a randomly initialised (seeded) model.
 
-    Files: config.yaml, checkpoints/best.ckpt (the keys load_model reads), metrics.csv, threshold.json (unless
-    `threshold` is None); with a store also split.csv (by patient, the first `test_fraction` of groups as
-    test) and data.json (its path and checksum).
+    Files: config.yaml (TrainConfig of `model`, `image_size`, `mpp` and any other `config` fields, e.g. data,
+    stain), checkpoints/best.ckpt (the keys load_model reads), metrics.csv, threshold.json (unless `threshold`
+    is None); with a store also split.csv (by patient, the first `test_fraction` of groups as test) and
+    data.json (its path and checksum). `data_json` writes data.json with that content instead. `bn_stats`
+    gives BatchNorm layers non-trivial running statistics, so outputs vary between images and an exported
+    graph must carry them.
     """
-    run = tmp / "run"
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(
-        data=str(store.path) if store else "", out=str(run), model=model, image_size=image_size, mpp=mpp
-    )
-    cfg.save(run / "config.yaml")
+    (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config.setdefault("data", str(store.path) if store else "")
+    cfg = TrainConfig(out=str(root), model=model, image_size=image_size, mpp=mpp, **config)
+    cfg.save(root / "config.yaml")
     torch.manual_seed(seed)
     clf = build_classifier(cfg, weights=False).eval()
+    if bn_stats:
+        with torch.no_grad():
+            for m in clf.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.1, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
     torch.save(
         {
             "hyper_parameters": {"config": cfg.to_dict(), "image_size": image_size, "mpp": mpp},
             "state_dict": {"classifier." + k: v for k, v in clf.state_dict().items()},
         },
-        run / "checkpoints" / "best.ckpt",
+        root / "checkpoints" / "best.ckpt",
     )
     if threshold is not None:
-        (run / "threshold.json").write_text(json.dumps({"threshold": threshold, "method": "youden"}))
-    with (run / "metrics.csv").open("w", newline="") as f:
+        (root / "threshold.json").write_text(json.dumps({"threshold": threshold, "method": "youden"}))
+    with (root / "metrics.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "train_loss", "train_auc", "train_acc", "val_loss", "val_auc", "val_acc", "lr"])
         for e in range(4):
@@ -98,19 +114,21 @@ def make_run(
         test = set(groups[:n_test])
         val = set(groups[n_test : 2 * n_test])
         split = ["test" if g in test else "val" if g in val else "train" for g in store.groups]
-        with (run / "split.csv").open("w", newline="") as f:
+        with (root / "split.csv").open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "label", "group", "split"])
             w.writerows(zip(store.ids, store.labels.tolist(), store.groups, split, strict=True))
-        info = {
-            "store": str(store.path),
-            "checksum": store.meta.get("checksum"),
-            "image_size": store.size,
-            "mpp": store.meta.get("mpp"),
-            "splits": {s: {"n": split.count(s)} for s in ("train", "val", "test")},
-        }
-        (run / "data.json").write_text(json.dumps(info))
-    return run
+        if data_json is None:
+            data_json = {
+                "store": str(store.path),
+                "checksum": store.meta.get("checksum"),
+                "image_size": store.size,
+                "mpp": store.meta.get("mpp"),
+                "splits": {s: {"n": split.count(s)} for s in ("train", "val", "test")},
+            }
+    if data_json is not None:
+        (root / "data.json").write_text(json.dumps(data_json))
+    return root
 
 
 def split_rows(run: Path, name: str) -> np.ndarray:

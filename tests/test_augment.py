@@ -11,10 +11,7 @@ import torch
 from histoscan.augment import OPS, BatchAugment, dihedral, dihedral_views
 from histoscan.errors import HistoscanInputError
 
-
-@pytest.fixture(autouse=True)
-def _threads(torch_threads: None) -> None:
-    """Two CPU threads, as CI has."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n: int = 16, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -41,7 +41,7 @@ def setup(idc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     torch.set_num_threads(2)
     tmp = tmp_path_factory.mktemp("evaluate")
     store = idc_store(idc_root, tmp, patients=6, per_class=2)  # 6 patients: 2 test, 2 val, 2 train
-    return make_run(tmp, store=store, threshold=0.49), store
+    return make_run(tmp / "run", store=store, threshold=0.49), store
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,7 @@ def test_report_and_figures_are_written_self_contained(evaluated) -> None:
 
 def test_other_data_is_scored_in_full_with_default_threshold(setup, idc_root: Path, tmp_path: Path) -> None:
     run, store = setup
-    (run.parent / "nothr").mkdir(exist_ok=True)
-    bare = make_run(run.parent / "nothr", threshold=None)  # no threshold.json, no data.json
+    bare = make_run(run.parent / "nothr" / "run", threshold=None)  # no threshold.json, no data.json
     manifest = idc_manifest(idc_root, tmp_path / "m.csv", patients=2, per_class=2)  # raw source, not a store
     m = evaluate(bare, manifest, out=tmp_path / "ev", n_boot=50)
     assert m["subset"] == "all" and m["n"] == 8 and m["threshold"] == 0.5
@@ -162,9 +161,7 @@ def test_cli_evaluate_with_tta(setup, tmp_path: Path, capsys: pytest.CaptureFixt
 def test_cli_errors_exit_2(setup, idc_root: Path, shared_data: Path, tmp_path: Path, capsys) -> None:
     run, store = setup
     (tmp_path / "empty").mkdir()
-    no_test = tmp_path / "notest"
-    no_test.mkdir()
-    r2 = make_run(no_test, store=store, test_fraction=0.0)  # the run's own data but no held-out test rows
+    r2 = make_run(tmp_path / "notest", store=store, test_fraction=0.0)  # own data, no held-out test rows
     with (r2 / "split.csv").open() as f:
         text = f.read().replace(",test", ",train")
     (r2 / "split.csv").write_text(text)

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_fixtures import make_run
 
 from histoscan.cli import main
-from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
 from histoscan.explain import check_target_layer, explain_images, gradcam
 from histoscan.inference import PatchClassifier, load_model
-from histoscan.models import SimpleCNN, create_model, target_layer_name
+from histoscan.models import SimpleCNN, target_layer_name
 
 S, Q = 32, 8  # synthetic images: S x S noise, positives carry a bright Q x Q square somewhere
 LAYER = "features.2.2"  # pre-pool ReLU of the third block: an 8 x 8 map at 32 px
@@ -37,13 +35,7 @@ def squares(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, n
     return x, y, masks
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine two threads contend and run 10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -121,21 +113,6 @@ def test_unknown_or_non_spatial_target_layer_is_a_user_error(trained) -> None:
         check_target_layer(trained.net, "layer9", S, "simple-cnn")
     with pytest.raises(HistoscanInputError, match="classifier.1: has no spatial"):
         gradcam(trained, np.zeros((1, S, S, 3), np.uint8), "classifier.1")
-
-
-def make_run(root: Path, size: int = 50) -> Path:
-    """A simple-cnn run folder (random seeded weights) at the idc-breast patch size."""
-    torch.manual_seed(0)
-    root.mkdir(parents=True)
-    cfg = TrainConfig(model="simple-cnn", image_size=size, mpp=4.0)
-    cfg.save(root / "config.yaml")
-    net = PatchClassifier(create_model("simple-cnn", dropout=cfg.dropout))
-    (root / "checkpoints").mkdir()
-    state = {"classifier." + k: v for k, v in net.state_dict().items()}
-    hp = {"config": cfg.to_dict(), "image_size": size, "mpp": 4.0}
-    torch.save({"hyper_parameters": hp, "state_dict": state}, root / "checkpoints" / "best.ckpt")
-    (root / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
-    return root
 
 
 def idc_files(idc_root: Path, n: int) -> list[Path]:

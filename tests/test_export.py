@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from run_fixtures import make_run
 
 from histoscan import __version__, export
 from histoscan.cli import main
@@ -24,36 +24,17 @@ from histoscan.export import (
     onnx_backend,
     read_metadata,
 )
-from histoscan.inference import PatchClassifier, build_classifier, load_model
-from histoscan.models import create_model
+from histoscan.inference import load_model
 
 SIZE = 32
 
 
-def make_run(root: Path, model: str, size: int = SIZE, mpp: float = 0.972, threshold: float = 0.37) -> Path:
-    """A run folder with random (seeded) weights, as the training stage would leave it."""
-    torch.manual_seed(0)
-    root.mkdir(parents=True)
-    cfg = TrainConfig(model=model, image_size=size, mpp=mpp, data="/data/idc-breast")
-    cfg.save(root / "config.yaml")
-    net = PatchClassifier(create_model(model, dropout=cfg.dropout))
-    for m in net.modules():  # non-trivial BatchNorm statistics, so the exported graph must carry them
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    (root / "checkpoints").mkdir()
-    torch.save(
-        {
-            "hyper_parameters": {"config": cfg.to_dict(), "image_size": size, "mpp": mpp},
-            "state_dict": {"classifier." + k: v for k, v in net.state_dict().items()},
-        },
-        root / "checkpoints" / "best.ckpt",
+def make_export_run(root: Path, model: str) -> Path:
+    """A run folder with random (seeded) weights and BatchNorm statistics (so the graph must carry them)."""
+    training_data = {"store": "/cache/stores/abc", "checksum": "sha256:1234", "n": 7889}
+    return make_run(
+        root, model, SIZE, 0.37, mpp=0.972, bn_stats=True, data="/data/idc-breast", data_json=training_data
     )
-    (root / "threshold.json").write_text(json.dumps({"threshold": threshold, "method": "youden"}))
-    (root / "data.json").write_text(
-        json.dumps({"store": "/cache/stores/abc", "checksum": "sha256:1234", "n": 7889})
-    )
-    return root
 
 
 def idc_patches(idc_root: Path, n: int, size: int = SIZE) -> np.ndarray:
@@ -66,19 +47,13 @@ def idc_patches(idc_root: Path, n: int, size: int = SIZE) -> np.ndarray:
     return np.stack([fit_image(decode_image(idc_root / r["path"], r["path"])[0], size, "pad") for r in rows])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine two threads contend and run 10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
-    return {m: make_run(root / m, m) for m in ("simple-cnn", "resnet18")}
+    return {m: make_export_run(root / m, m) for m in ("simple-cnn", "resnet18")}
 
 
 @pytest.fixture(scope="module")
@@ -194,18 +169,8 @@ def make_stain_run(root: Path, idc_root: Path, method: str = "macenko") -> Path:
     """A simple-cnn run at 50 px whose classifier carries a stain normaliser fitted on real patches."""
     from histoscan.stain import fit_stain
 
-    torch.manual_seed(0)
-    root.mkdir(parents=True)
-    cfg = TrainConfig(
-        model="simple-cnn", image_size=50, mpp=4.0, stain=fit_stain(idc_patches(idc_root, 8, 50), method)
-    )
-    cfg.save(root / "config.yaml")
-    clf = build_classifier(cfg, weights=False)
-    (root / "checkpoints").mkdir()
-    hp = {"config": cfg.to_dict(), "image_size": 50, "mpp": 4.0}
-    state = {"classifier." + k: v for k, v in clf.state_dict().items()}
-    torch.save({"hyper_parameters": hp, "state_dict": state}, root / "checkpoints" / "best.ckpt")
-    return root
+    stain = fit_stain(idc_patches(idc_root, 8, 50), method)
+    return make_run(root, image_size=50, mpp=4.0, threshold=None, stain=stain)
 
 
 def test_stain_normalisation_is_exported_in_the_graph(idc_root: Path, tmp_path: Path) -> None:

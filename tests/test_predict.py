@@ -22,7 +22,7 @@ def setup(idc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     torch.set_num_threads(2)
     tmp = tmp_path_factory.mktemp("predict")
     store = idc_store(idc_root, tmp, patients=2, per_class=3)
-    return make_run(tmp, store=store, threshold=0.48), store
+    return make_run(tmp / "run", store=store, threshold=0.48), store
 
 
 def _read(path: Path) -> list[dict[str, str]]:

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from run_fixtures import make_run
 
 from histoscan.cli import main
-from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
-from histoscan.inference import PatchClassifier, load_model
-from histoscan.models import create_model
+from histoscan.inference import load_model
 from histoscan.slide import (
     SlideOptions,
     make_logits_fn,
@@ -31,26 +30,11 @@ from histoscan.slide_io import _signed_area, grid_rings, open_slide
 PINK, PURPLE = (230, 150, 200), (120, 60, 160)
 
 
-def _make_run(root: Path, size: int, mpp: float | None) -> Path:
-    run = root / f"run{size}"
-    (run / "checkpoints").mkdir(parents=True)
-    cfg = TrainConfig(model="simple-cnn", image_size=size, mpp=mpp)
-    cfg.save(run / "config.yaml")
-    torch.manual_seed(0)
-    state = {
-        "classifier." + k: v for k, v in PatchClassifier(create_model("simple-cnn")).state_dict().items()
-    }
-    hp = {"config": cfg.to_dict(), "image_size": size, "mpp": mpp}
-    torch.save({"hyper_parameters": hp, "state_dict": state}, run / "checkpoints" / "best.ckpt")
-    (run / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
-    return run
-
-
 @pytest.fixture(scope="module")
 def run32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Untrained simple-cnn at 32 px, patches at 4 µm/px (so the shared slides make few tiles)."""
     torch.set_num_threads(2)
-    return _make_run(tmp_path_factory.mktemp("run"), 32, 4.0)
+    return make_run(tmp_path_factory.mktemp("run") / "run32", image_size=32, mpp=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +218,10 @@ def test_map_slide_cmu_outputs_and_regions(cmu_map) -> None:
         assert 0.5 <= m["mean_probability"] <= m["max_probability"] <= 1
         total += area
     assert total == pytest.approx(n_tumour * tile_area, rel=1e-6)
-    assert s["tumour_area_mm2"] == pytest.approx(total * 0.499**2 / 1e6, rel=1e-6)
-    assert 0 < s["tissue_area_mm2"] < 2220 * 2967 * 0.499**2 / 1e6
+    assert s["tumour_region_area_mm2"] == pytest.approx(total * 0.499**2 / 1e6, rel=1e-6)
+    # tumour area counts only the tissue inside tumour tiles: never more than the polygons or the tissue
+    assert 0 < s["tumour_area_mm2"] <= s["tumour_region_area_mm2"]
+    assert s["tumour_area_mm2"] <= s["tissue_area_mm2"] < 2220 * 2967 * 0.499**2 / 1e6
     assert s["slide_mpp"] == 0.499 and s["model_mpp"] == 4.0 and s["level"] == 0
 
 
@@ -345,7 +331,7 @@ def test_cli_white_slide_is_empty_not_an_error(run32: Path, tmp_path: Path, caps
 
 
 def test_cli_model_without_mpp(tmp_path: Path, small_slide: Path, capsys) -> None:
-    run = _make_run(tmp_path, 32, None)
+    run = make_run(tmp_path / "run32", image_size=32, mpp=None)
     args = ["slide", str(run), str(small_slide), "--out", str(tmp_path / "o")]
     assert "--model-mpp" in _cli_err(args, capsys)
     assert main(args + ["--model-mpp", "8", "--no-progress"]) == 0

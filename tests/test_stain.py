@@ -33,9 +33,7 @@ from histoscan.stain import (
 REFERENCE, TARGET = "12911", "12954"
 
 
-@pytest.fixture(autouse=True)
-def _threads(torch_threads: None) -> None:
-    """Two CPU threads, as CI has."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

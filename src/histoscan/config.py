@@ -38,6 +38,7 @@ class TrainConfig:
     folds: int | None = None  # cross-validation: the test split is fold `fold` of `folds` grouped folds
     fold: int | None = None
     balanced: bool = False  # class-balanced sampling of the training split
+    target_sensitivity: float | None = None  # threshold rule on the validation split: None = Youden's J
     augment: list[str] = field(default_factory=lambda: ["d4", "affine", "color", "hed"])
     freeze_epochs: int = 0  # epochs with the trunk frozen before fine-tuning (resnet50-head recipe)
     weights: str | None = None  # local state dict in torchvision key layout

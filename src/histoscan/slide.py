@@ -175,7 +175,10 @@ def map_slide(
             "n_regions": len(regions["features"]),
             "tissue_area_mm2": float(mask.sum() * (w0 / mask.shape[1]) * (h0 / mask.shape[0]))
             * (reader.mpp / 1000.0) ** 2,
-            "tumour_area_mm2": n_tumour * cell_mm2,
+            # tissue inside the tumour tiles (comparable with tissue_area_mm2); the polygons' area is larger
+            # because a tile counts whole in regions.geojson
+            "tumour_area_mm2": float(frac[rc[:, 0], rc[:, 1]][probs >= threshold].sum() * cell_mm2),
+            "tumour_region_area_mm2": n_tumour * cell_mm2,
             "max_probability": float(probs.max()) if len(probs) else None,
             "explained": [str(p) for p in explained],
             "notes": list(reader.notes),

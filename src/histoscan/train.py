@@ -199,7 +199,7 @@ def train(config: TrainConfig, force: bool = False, resume: bool = False) -> Pat
         warnings.filterwarnings("ignore", ".*The number of training batches.*")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
-        _choose_threshold(run, store, rows[split == "val"], config.batch_size)
+        _choose_threshold(run, store, rows[split == "val"], config.batch_size, config.target_sensitivity)
     return run
 
 
@@ -222,11 +222,13 @@ def _data_summary(store: PatchStore, split: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _choose_threshold(run: Path, store: PatchStore, val_rows: np.ndarray, batch_size: int) -> None:
+def _choose_threshold(
+    run: Path, store: PatchStore, val_rows: np.ndarray, batch_size: int, target_sensitivity: float | None
+) -> None:
     """Pick the decision threshold on the validation split with the best checkpoint; store RUN/threshold.json."""
     from histoscan.metrics import choose_run_threshold
 
     model = load_model(run)
     probs = model.predict_proba(store.images[np.sort(val_rows)], batch_size=max(batch_size, 128))
-    result = choose_run_threshold(store.labels[np.sort(val_rows)], probs)
+    result = choose_run_threshold(store.labels[np.sort(val_rows)], probs, target_sensitivity)
     (run / "threshold.json").write_text(json.dumps(result, indent=2))

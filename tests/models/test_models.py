@@ -82,7 +82,17 @@ def test_unknown_and_missing_optional_models():
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_target_layer_exists_and_is_convolutional(name):
-    model = create_model(name)
-    layer = dict(model.named_modules())[target_layer_name(name, model)]
-    assert any(isinstance(m, torch.nn.Conv2d) for m in layer.modules())
+def test_target_layer_is_the_last_spatial_stage(name):
+    """The default Grad-CAM layer gives a spatial map (N x C x H x W, H and W >= 2 at 50 px) after a conv."""
+    model = create_model(name).eval()
+    names = [n for n, _ in model.named_modules()]
+    layer_name = target_layer_name(name, model)
+    layer = dict(model.named_modules())[layer_name]
+    seen = {}
+    layer.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 50, 50))
+    assert len(seen["shape"]) == 4 and min(seen["shape"][-2:]) >= 2
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    # the last convolution is inside the target layer or before it: nothing convolutional comes later
+    assert convs[-1].startswith(layer_name + ".") or names.index(convs[-1]) < names.index(layer_name)

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from run_fixtures import make_run as build_run
 
-from histoscan.config import TrainConfig
-from histoscan.inference import PatchClassifier
-from histoscan.models import create_model
-
-
-def _make_run(root: Path, image_size: int = 96, threshold: float = 0.5, seed: int = 0) -> Path:
-    """A run folder with an untrained simple-cnn checkpoint, as training writes it."""
-    torch.manual_seed(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(model="simple-cnn", image_size=image_size, mpp=0.972)
-    cfg.save(root / "config.yaml")
-    net = PatchClassifier(create_model("simple-cnn"))
-    with torch.no_grad():  # non-trivial BN statistics so outputs vary between images
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    (root / "checkpoints").mkdir(exist_ok=True)
-    torch.save(
-        {
-            "hyper_parameters": {"config": cfg.to_dict(), "image_size": image_size, "mpp": 0.972},
-            "state_dict": {"classifier." + k: v for k, v in net.state_dict().items()},
-        },
-        root / "checkpoints" / "best.ckpt",
-    )
-    (root / "threshold.json").write_text(json.dumps({"threshold": threshold, "method": "youden"}))
-    return root
+# the serve defaults: 96 px (Kaggle HCD patches), 0.972 µm/px, BatchNorm statistics so outputs vary by image
+_make_run = functools.partial(build_run, image_size=96, mpp=0.972, bn_stats=True)
 
 
 @pytest.fixture(scope="session")

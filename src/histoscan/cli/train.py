@@ -46,6 +46,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, help=f"held-out test share (default {d.test_fraction})")
     p.add_argument("--balanced", action="store_true", default=None, help="class-balanced sampling")
     p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        help="choose the decision threshold for this sensitivity on the validation split (default: Youden's J)",
+    )
+    p.add_argument(
         "--augment", help=f"comma list of d4,affine,color,hed or 'none' (default {','.join(d.augment)})"
     )
     p.add_argument("--freeze-epochs", type=int, help="epochs with the trunk frozen before fine-tuning")
