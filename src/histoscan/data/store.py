@@ -113,9 +113,7 @@ def require_labelled(store: PatchStore, both_classes: bool = True, name: str | P
         raise HistoscanInputError(f"{where}: the store holds no images")
     if not store.has_labels:
         n = int((store.labels < 0).sum())
-        raise HistoscanInputError(
-            f"{where}: {n} of {len(store)} images have no label; labelled data needed"
-        )
+        raise HistoscanInputError(f"{where}: {n} of {len(store)} images have no label; labelled data needed")
     if both_classes:
         counts = np.bincount(store.labels.astype(np.int64), minlength=2)
         if counts.min() == 0:
