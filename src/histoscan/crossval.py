@@ -15,6 +15,7 @@ import numpy as np
 from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
 from histoscan.evaluate import evaluate
+from histoscan.inference import read_threshold
 from histoscan.metrics import compute_metrics
 from histoscan.train import train
 
@@ -43,7 +44,7 @@ def crossval(config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = Fa
         run = train(cfg, force=True)
         metrics = evaluate(run, config.data, out=run / "eval", tta=tta)
         seconds = time.perf_counter() - t
-        threshold = json.loads((run / "threshold.json").read_text())["threshold"]
+        threshold = read_threshold(run)
         fold_rows = _read_predictions(run / "eval" / "predictions.csv")
         for r in fold_rows:
             r["fold"], r["decision"] = str(k), str(int(float(r["probability"]) >= threshold))

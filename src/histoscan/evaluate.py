@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from histoscan.data.splits import read_split
 from histoscan.data.store import PatchStore, require_labelled
 from histoscan.errors import HistoscanInputError
 from histoscan.metrics import choose_run_threshold, compute_metrics
@@ -23,10 +24,7 @@ TEST_SUBSET = "test split of training data"
 
 def _read_split(run_dir: Path) -> dict[str, str]:
     path = run_dir / "split.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        return {r["id"]: r["split"] for r in csv.DictReader(f)}
+    return read_split(path) if path.is_file() else {}
 
 
 def _is_training_data(store: PatchStore, run_dir: Path | None) -> bool:

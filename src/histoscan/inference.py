@@ -107,11 +107,23 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
     raise HistoscanInputError(f"{p}: no such run folder or checkpoint")
 
 
+def threshold_record(run_dir: Path | None) -> dict | None:
+    """RUN/threshold.json with a float `threshold`, or None when the run has none; a bad file is an input error."""
+    path = run_dir / "threshold.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        info["threshold"] = float(info["threshold"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise HistoscanInputError(f"{path}: not a threshold file ({e})") from None
+    return info
+
+
 def read_threshold(run_dir: Path | None) -> float:
     """The decision threshold stored in the run (RUN/threshold.json), else 0.5."""
-    if run_dir is not None and (run_dir / "threshold.json").is_file():
-        return float(json.loads((run_dir / "threshold.json").read_text())["threshold"])
-    return 0.5
+    info = threshold_record(run_dir)
+    return 0.5 if info is None else info["threshold"]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from histoscan.config import TrainConfig
 from histoscan.data.store import PatchStore, is_store, resolve_store
 from histoscan.errors import HistoscanInputError
+from histoscan.inference import threshold_record
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,14 @@ def default_device() -> torch.device:
 
 def _threshold_info(run_dir: Path | None) -> dict[str, Any]:
     """The run's decision threshold and where it came from (0.5 when the run has none)."""
-    path = run_dir / "threshold.json" if run_dir is not None else None
-    if path is None or not path.is_file():
+    info = threshold_record(run_dir)
+    if info is None:
         return {"threshold": 0.5, "threshold_source": "default 0.5 (the run has no threshold.json)"}
-    try:
-        info = json.loads(path.read_text())
-        t = float(info["threshold"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise HistoscanInputError(f"{path}: not a threshold file ({e})") from None
     method = info.get("method", "?")
-    return {"threshold": t, "threshold_source": f"{path.name}: {method}, chosen on the validation split"}
+    return {
+        "threshold": info["threshold"],
+        "threshold_source": f"threshold.json: {method}, chosen on the validation split",
+    }
 
 
 def _run_meta(run_dir: Path) -> dict[str, Any]:
