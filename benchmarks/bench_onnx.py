@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_onnx.py [--models simple-cnn resnet50] [--batches
        [--threads N] [--seconds S] [--json FILE]
 
 Each model gets a run folder with seeded random weights (throughput does not depend on the values), exported
-with `histoscan.export.export_onnx` (parity-checked), then timed on uint8 N x S x S x 3 batches, preprocessing
+with `histoscan.export.onnx.export_onnx` (parity-checked), then timed on uint8 N x S x S x 3 batches, preprocessing
 included on both sides. Figures are patches/s, the median of 5 timed windows after warm-up.
 """
 
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from histoscan.config import TrainConfig
-from histoscan.export import export_onnx, onnx_backend
-from histoscan.inference import PatchClassifier, load_model
+from histoscan.export.onnx import export_onnx, onnx_backend
+from histoscan.inference.predictor import PatchClassifier, load_model
 from histoscan.models import create_model
 
 

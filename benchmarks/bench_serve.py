@@ -28,9 +28,9 @@ import psutil
 import torch
 
 from histoscan.config import TrainConfig
-from histoscan.inference import PatchClassifier
+from histoscan.inference.predictor import PatchClassifier
 from histoscan.models import create_model
-from histoscan.paths import shared_data
+from _common import shared_data
 
 
 def make_run(root: Path, model: str, size: int = 96) -> Path:
@@ -57,7 +57,7 @@ def served_model(tmp: Path, model: str, backend: str) -> tuple[Path, str]:
     if backend == "torch":
         return run, "torch"
     try:
-        from histoscan.export import export_onnx
+        from histoscan.export.onnx import export_onnx
 
         return export_onnx(run, tmp / f"{model}.onnx"), "onnxruntime"
     except Exception as e:  # the benchmark still measures serving; the report says which backend ran

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from histoscan.config import TrainConfig
-from histoscan.inference import PatchClassifier
+from histoscan.inference.predictor import PatchClassifier
 from histoscan.models import create_model
-from histoscan.paths import shared_data
+from _common import shared_data
 
 SLIDE_MPP = {"tcga-cr-7395-01a-01-ts1.svs": 0.5}  # slides without µm/px metadata
 

@@ -21,9 +21,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from histoscan.paths import shared_data
-from histoscan.slide import tissue_mask
-from histoscan.slide_io import open_slide
+from _common import shared_data
+from histoscan.slide.mapping import tissue_mask
+from histoscan.slide.io import open_slide
 
 BLOCK = 512
 BACKGROUND = (243, 242, 240)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from histoscan.paths import shared_data as _shared_data
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    """$HISTOSCAN_SHARED_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("HISTOSCAN_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,13 @@
-"""Run configuration: one dataclass, saved as RUN/config.yaml and read back unchanged."""
+"""Run configuration: one validated dataclass, saved as RUN/config.yaml and read back unchanged.
+
+Every default, range, choice and help text of a training option lives in the field's declaration below; the
+CLI builds its options from them (:func:`add_config_options`), and the same checks run when a config is built
+from Python or read from a file (:meth:`TrainConfig.validate`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,67 +18,225 @@ import yaml
 from histoscan.errors import HistoscanInputError
 
 Fit = Literal["pad", "resize"]
+AUGMENT_OPS = ("d4", "affine", "color", "hed")
+
+
+def _opt(
+    default: Any = None,
+    help: str = "",
+    *,
+    type: type | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+    cli: bool = True,
+    metavar: str | None = None,
+    factory: Any = None,
+) -> Any:
+    """A config field with its CLI help and its allowed range (`low`/`high`; `*_open`: bound excluded)."""
+    meta = dict(
+        help=help, type=type, low=low, high=high, low_open=low_open, high_open=high_open,
+        choices=choices, cli=cli, metavar=metavar,
+    )  # fmt: skip
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Every default lives here and only here."""
 
-    data: str = ""
-    out: str = ""
-    model: str = "simple-cnn"
-    image_size: int | None = None  # None: the source's native size (96 for PCam/HCD, modal size otherwise)
-    fit: Fit = "pad"  # how images of another size are fitted: reflect-pad/centre-crop, or resize
-    mpp: float | None = None  # patch resolution in µm/px (PCam 0.972, idc-breast ~4.0); None: from the source
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1.5e-4  # docs/results.md: 1e-3 and 3e-4 (with heavier augmentation) were less stable on idc-breast
-    optimizer: Literal["adam", "adamw"] = "adamw"
-    weight_decay: float = 1e-4
-    dropout: float = 0.5
-    seed: int = 42
-    patience: int = 5
-    monitor: Literal["val_auc", "val_loss"] = "val_auc"
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    folds: int | None = None  # cross-validation: the test split is fold `fold` of `folds` grouped folds
-    fold: int | None = None
-    balanced: bool = False  # class-balanced sampling of the training split
-    target_sensitivity: float | None = None  # threshold rule on the validation split: None = Youden's J
-    # D4 only by default: affine/colour/HED jitter (available via --augment) lowered validation AUC on idc-breast
-    augment: list[str] = field(default_factory=lambda: ["d4"])
-    freeze_epochs: int = 0  # epochs with the trunk frozen before fine-tuning (resnet50-head recipe)
-    weights: str | None = None  # local state dict in torchvision key layout
-    limit_batches: int | None = None
-    num_workers: int = 0
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
-    stain: dict[str, Any] | None = None  # fitted stain normaliser (method + parameters), see histoscan.stain
-    skip_bad: bool = False
+    data: str = _opt("", "labelled source (PCam, Kaggle HCD, manifest CSV, folders) or STORE", cli=False)
+    out: str = _opt("", "run folder to create", cli=False)
+    model: str = _opt("simple-cnn", "model name (see README: simple-cnn, resnet18/34/50, resnet50-head, ...)")
+    image_size: int | None = _opt(
+        None, "patch size in px (default: the source's native size)", type=int, low=8, high=4096
+    )
+    fit: Fit = _opt("pad", "fit images of another size: reflect-pad/centre-crop or resize", choices=("pad", "resize"))
+    mpp: float | None = _opt(
+        None, "patch resolution in µm/px (default: from the source; PCam 0.972)", type=float, low=0, low_open=True
+    )
+    epochs: int = _opt(20, "maximum epochs", type=int, low=1, high=100_000)
+    batch_size: int = _opt(64, "patches per training step", type=int, low=1, high=65_536)
+    # docs/results.md: 1e-3 and 3e-4 (with heavier augmentation) were less stable on idc-breast
+    lr: float = _opt(1.5e-4, "learning rate", type=float, low=0, high=10, low_open=True)
+    optimizer: Literal["adam", "adamw"] = _opt("adamw", "optimizer", choices=("adam", "adamw"))
+    weight_decay: float = _opt(1e-4, "weight decay", type=float, low=0, high=1)
+    dropout: float = _opt(0.5, "dropout before the last layer", type=float, low=0, high=1, high_open=True)
+    seed: int = _opt(42, "random seed (split, initialisation, augmentation)", type=int, low=0, high=2**32 - 1)
+    patience: int = _opt(5, "early-stopping patience in epochs", type=int, low=0, high=100_000)
+    monitor: Literal["val_auc", "val_loss"] = _opt(
+        "val_auc", "early-stopping / best-checkpoint metric", choices=("val_auc", "val_loss")
+    )
+    val_fraction: float = _opt(0.15, "validation share", type=float, low=0, high=1, low_open=True, high_open=True)
+    test_fraction: float = _opt(0.15, "held-out test share", type=float, low=0, high=1, high_open=True)
+    # cross-validation: the test split is fold `fold` of `folds` grouped folds (set by `histoscan cv`)
+    folds: int | None = _opt(None, "grouped folds", type=int, low=2, high=100, cli=False)
+    fold: int | None = _opt(None, "this run's test fold", type=int, low=0, cli=False)
+    balanced: bool = _opt(False, "class-balanced sampling of the training split")
+    target_sensitivity: float | None = _opt(
+        None,
+        "choose the decision threshold for this sensitivity on the validation split (default: Youden's J)",
+        type=float,
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    # D4 only by default: affine/colour/HED jitter lowered validation AUC on idc-breast (docs/results.md)
+    augment: list[str] = _opt(
+        help=f"comma list of {','.join(AUGMENT_OPS)} or 'none'", factory=lambda: ["d4"], metavar="OPS"
+    )
+    freeze_epochs: int = _opt(
+        0, "epochs with the trunk frozen before fine-tuning (resnet50-head)", type=int, low=0, high=100_000
+    )
+    weights: str | None = _opt(None, "local state dict (torchvision key layout) to start from", metavar="FILE")
+    limit_batches: int | None = _opt(
+        None, "at most N train and N val batches per epoch (smoke runs)", type=int, low=1, metavar="N"
+    )
+    num_workers: int = _opt(0, "data-loader workers", type=int, low=0, high=256)
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = _opt(
+        "auto", "numeric precision (auto: bf16/fp16 mixed on GPUs, fp32 on CPU)",
+        choices=("auto", "32", "bf16-mixed", "16-mixed"),
+    )  # fmt: skip
+    stain: dict[str, Any] | None = _opt(
+        None, "stain normaliser JSON from `histoscan stain fit`", metavar="FILE"
+    )  # the CLI takes a file; the config holds the fitted parameters
+    skip_bad: bool = _opt(False, "skip unreadable images (counted in the store's meta.json)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field against its declared type, range and choices; raise naming the option."""
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        if self.val_fraction + self.test_fraction >= 1:
+            raise HistoscanInputError(
+                f"--val-fraction {self.val_fraction} + --test-fraction {self.test_fraction}: must sum to less than 1"
+            )
+        if self.fold is not None and (self.folds is None or self.fold >= self.folds):
+            raise HistoscanInputError(f"--fold {self.fold}: must be in 0..{(self.folds or 1) - 1}")
+        bad = [a for a in self.augment if a not in AUGMENT_OPS]
+        if bad:
+            raise HistoscanInputError(
+                f"--augment {','.join(self.augment)}: unknown op {bad[0]} (choose from {', '.join(AUGMENT_OPS)})"
+            )
+        if self.stain is not None and not isinstance(self.stain, dict):
+            raise HistoscanInputError("stain: must be a fitted normaliser (a mapping), see `histoscan stain fit`")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON-safe)."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, rejecting unknown keys with a clear message."""
+    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> TrainConfig:
+        """Build from a dict, rejecting unknown keys and bad values with a clear message (naming `source`)."""
+        where = f"{source}: " if source else ""
+        if not isinstance(d, dict):
+            raise HistoscanInputError(f"{where or 'config: '}not a mapping of option names to values")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise HistoscanInputError(f"config: unknown field(s) {', '.join(unknown)}")
-        return cls(**d)
+            raise HistoscanInputError(f"{where or 'config: '}unknown field(s) {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except HistoscanInputError as e:
+            raise HistoscanInputError(f"{where}{e}") from None
 
     def save(self, path: Path) -> None:
-        """Write as YAML."""
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write as YAML (atomically)."""
+        from histoscan.utils.fs import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        """Read a config.yaml written by :meth:`save`."""
+        """Read a config.yaml written by :meth:`save` (or by hand: the same names and checks)."""
+        path = Path(path)
         if not path.is_file():
-            raise HistoscanInputError(f"{path}: config.yaml not found")
+            raise HistoscanInputError(f"{path}: config file not found")
         try:
             d = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise HistoscanInputError(f"{path}: not valid YAML ({e})") from None
-        return cls.from_dict(d)
+            raise HistoscanInputError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+        return cls.from_dict(d, source=str(path))
+
+
+def option_name(name: str) -> str:
+    """The CLI option of a config field: image_size -> --image-size."""
+    return "--" + name.replace("_", "-")
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    meta, opt = f.metadata, option_name(f.name)
+    if value is None:
+        if f.default is not None and f.default is not dataclasses.MISSING:
+            raise HistoscanInputError(f"{opt}: a value is required")
+        return
+    kind = meta.get("type")
+    if kind is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HistoscanInputError(f"{opt} {value!r}: must be a number")
+        if kind is int and int(value) != value:
+            raise HistoscanInputError(f"{opt} {value}: must be a whole number")
+        if value != value:  # NaN
+            raise HistoscanInputError(f"{opt} {value}: must be a number")
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and (value < low or (meta.get("low_open") and value == low)):
+            raise HistoscanInputError(f"{opt} {value}: must be {'above' if meta.get('low_open') else 'at least'} {low}")
+        if high is not None and (value > high or (meta.get("high_open") and value == high)):
+            raise HistoscanInputError(f"{opt} {value}: must be {'below' if meta.get('high_open') else 'at most'} {high}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise HistoscanInputError(f"{opt} {value}: choose from {', '.join(choices)}")
+    if f.type in ("bool",) and not isinstance(value, bool):
+        raise HistoscanInputError(f"{opt} {value!r}: must be true or false")
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        d = f.default_factory()  # type: ignore[misc]
+        return ",".join(d) if isinstance(d, list) else str(d)
+    return "" if f.default is None else str(f.default)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Add one option per CLI-visible TrainConfig field; help, choices and defaults come from the field.
+
+    Every option defaults to None ("not given"), so :func:`config_from_options` can tell what the user set.
+    """
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        default = _default_text(f)
+        text = meta["help"] + (f" (default {default})" if default and f.type != "bool" else "")
+        if f.type == "bool":
+            parser.add_argument(option_name(f.name), action="store_true", default=None, help=meta["help"])
+            continue
+        kwargs: dict[str, Any] = dict(default=None, help=text.replace("%", "%%"))
+        if meta.get("type") is not None:
+            kwargs["type"] = meta["type"]
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        parser.add_argument(option_name(f.name), **kwargs)
+
+
+def config_from_options(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from `base` (default: the defaults) with every option the user gave (not None) replaced.
+
+    `augment` may be a comma list string ("none" = no augmentation); `stain` a path to a fitted normaliser is
+    left to the caller (it needs the stain module).
+    """
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in values.items() if k in names and v is not None}
+    if isinstance(given.get("augment"), str):
+        text = given["augment"].strip()
+        given["augment"] = [] if text in ("none", "") else [a.strip() for a in text.split(",") if a.strip()]
+    merged = {**(base.to_dict() if base is not None else {}), **given}
+    return TrainConfig.from_dict(merged)

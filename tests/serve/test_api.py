@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from histoscan.data.images import decode_image, fit_image
-from histoscan.inference import load_model
+from histoscan.inference.predictor import load_model
 from histoscan.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -250,7 +250,7 @@ def test_onnx_model_predicts_and_refuses_explain(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from histoscan.export import export_onnx, load_onnx_model
+    from histoscan.export.onnx import export_onnx, load_onnx_model
 
     monkeypatch.delenv("HISTOSCAN_API_KEY", raising=False)
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from histoscan.paths import shared_data
+from histoscan.utils.paths import shared_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the table."""
-    from histoscan.bench import format_bench, run_bench
+    from histoscan.bench.pipeline import format_bench, run_bench
 
     r = run_bench(
         args.data,

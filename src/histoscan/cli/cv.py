@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the cross-validation and print the pooled figures."""
     from histoscan.cli.train import config_from_args
-    from histoscan.crossval import crossval
+    from histoscan.training.crossval import crossval
 
     r = crossval(config_from_args(args), folds=args.folds, tta=args.tta, force=args.force)
     m = r["pooled"]

@@ -63,7 +63,7 @@ def _ci(m: dict, key: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the headline numbers."""
-    from histoscan.evaluate import evaluate  # lazy: `histoscan --help` stays fast (torch, matplotlib)
+    from histoscan.evaluation.evaluate import evaluate  # lazy: `histoscan --help` stays fast (torch, matplotlib)
 
     m = evaluate(
         args.run,

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from histoscan.data.images import decode_image, fit_image
-    from histoscan.explain import explain_images
-    from histoscan.inference import load_model
+    from histoscan.explain.gradcam import explain_images
+    from histoscan.inference.predictor import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(args.model, device)

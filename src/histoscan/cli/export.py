@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print the parity figure and the metadata that travel with the model."""
-    from histoscan.export import export_onnx, read_metadata
+    from histoscan.export.onnx import export_onnx, read_metadata
 
     path = export_onnx(args.model, args.out, opset=args.opset)
     meta = read_metadata(path)

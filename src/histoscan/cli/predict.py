@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print a one-line summary."""
-    from histoscan.predict import predict  # lazy: `histoscan --help` stays fast (torch, matplotlib)
+    from histoscan.inference.predict import predict  # lazy: `histoscan --help` stays fast (torch, matplotlib)
 
     s = predict(
         args.run,

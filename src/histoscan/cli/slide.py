@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoscan.slide_tiles import OUTPUTS, SlideOptions  # light: numpy and PIL, no torch or scipy
+from histoscan.slide.tiles import OUTPUTS, SlideOptions  # light: numpy and PIL, no torch or scipy
 
 _D = SlideOptions()
 
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from histoscan.errors import HistoscanInputError
-    from histoscan.inference import load_model
-    from histoscan.slide import make_logits_fn, map_slide
+    from histoscan.inference.predictor import load_model
+    from histoscan.slide.mapping import make_logits_fn, map_slide
 
     for name in ("batch_size", "workers"):
         if getattr(args, name) < 1:

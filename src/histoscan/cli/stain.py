@@ -54,7 +54,7 @@ def _fit(args: argparse.Namespace) -> int:
     import numpy as np
 
     from histoscan.data.images import decode_image
-    from histoscan.stain import fit_stain, save_stain
+    from histoscan.stain.normalise import fit_stain, save_stain
 
     if args.max_images < 1:
         raise HistoscanInputError("--max-images: must be at least 1")
@@ -81,7 +81,7 @@ def _apply(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from histoscan.data.images import decode_image
-    from histoscan.stain import load_stain, normaliser_from_config
+    from histoscan.stain.normalise import load_stain, normaliser_from_config
 
     norm = normaliser_from_config(load_stain(args.stain))
     files, out = _image_files(args.images), Path(args.out)

@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if isinstance(values.get("augment"), str):
         values["augment"] = [] if values["augment"] == "none" else values["augment"].split(",")
     if values.get("stain"):
-        from histoscan.stain import load_stain  # lazy: only runs that use stain normalisation
+        from histoscan.stain.normalise import load_stain  # lazy: only runs that use stain normalisation
 
         values["stain"] = load_stain(values["stain"])
     return TrainConfig(**values)
@@ -83,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Train and print where the run went."""
-    from histoscan.train import train
+    from histoscan.training.train import train
 
     run_dir = train(config_from_args(args), force=args.force, resume=args.resume)
     print(f"run: {run_dir}")

@@ -23,7 +23,7 @@ from histoscan import __version__
 from histoscan.data.images import Fit, fit_image
 from histoscan.data.sources import Batch, Part, Source, detect_source, fingerprint
 from histoscan.errors import HistoscanInputError
-from histoscan.paths import cache_dir as default_cache_dir
+from histoscan.utils.paths import cache_dir as default_cache_dir
 
 log = logging.getLogger(__name__)
 

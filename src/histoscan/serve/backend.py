@@ -44,7 +44,7 @@ def resolve_device(device: str = "auto") -> str:
 class ServedModel:
     """What the server needs from a model: logits for fitted uint8 images, its metadata, and Grad-CAM."""
 
-    model: Any  # LoadedModel (torch) or the ONNX model of histoscan.export (same surface)
+    model: Any  # LoadedModel (torch) or the ONNX model of histoscan.export.onnx (same surface)
     path: Path
     backend: str  # "torch" | "onnxruntime"
     version: str
@@ -96,7 +96,7 @@ class ServedModel:
         try:
             self.predict_logits(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
             if self.can_explain:
-                import histoscan.explain  # noqa: F401
+                import histoscan.explain.gradcam  # noqa: F401
         except Exception:
             log.exception("warm-up failed")
 
@@ -119,7 +119,7 @@ class ServedModel:
         Calls are serialised: each one copies the network (Grad-CAM hooks must not touch the batcher's model).
         """
         self.require_explain()
-        from histoscan import explain  # lazy: only servers that explain import the Grad-CAM code (MONAI)
+        from histoscan.explain import gradcam as explain  # lazy: only servers that explain import the Grad-CAM code (MONAI)
         from histoscan.models import target_layer_name
 
         clf = self.model.classifier
@@ -134,7 +134,7 @@ def overlay_panel(
 ) -> Image.Image:
     """The patch (nearest-upscaled to at least `min_side`) blended with its Grad-CAM map (jet colour map).
 
-    The same colours and blend as the overlay panel of :func:`histoscan.explain.render_overlay`.
+    The same colours and blend as the overlay panel of :func:`histoscan.explain.gradcam.render_overlay`.
     """
     from matplotlib import colormaps  # the colour map only; no pyplot state
 
@@ -167,14 +167,14 @@ def load_served_model(path: str | Path, device: str = "auto") -> ServedModel:
     device = resolve_device(device)
     if p.suffix.lower() == ".onnx":
         try:
-            from histoscan.export import load_onnx_model
+            from histoscan.export.onnx import load_onnx_model
         except ImportError as e:
-            raise HistoscanInputError(f"{p}: serving .onnx needs histoscan.export ({e})") from None
+            raise HistoscanInputError(f"{p}: serving .onnx needs histoscan.export.onnx ({e})") from None
         model = load_onnx_model(p)
         version_file, backend = p, "onnxruntime"
         device = _onnx_device(model, device)
     else:
-        from histoscan.inference import load_model
+        from histoscan.inference.predictor import load_model
 
         model = load_model(p, device)
         version_file, backend = model.checkpoint, "torch"

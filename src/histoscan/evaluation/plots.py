@@ -1,0 +1,147 @@
+"""Evaluation figures (ROC, PR, confusion matrix, reliability diagram, training curves) as PNG files."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from histoscan.evaluation.metrics import pr_curve, reliability, roc_curve  # noqa: E402
+
+DPI = 110
+
+
+def _fmt_ci(m: dict[str, Any], key: str) -> str:
+    ci = (m.get("ci95") or {}).get(key)
+    return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(y: np.ndarray, p: np.ndarray, m: dict[str, Any], path: Path) -> Path:
+    """ROC curve with AUC (and CI), the chance line and the operating point at the threshold."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    if m.get("auc") is not None:
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"AUC {m['auc']:.3f}{_fmt_ci(m, 'auc')}")
+        ax.plot(1 - m["specificity"], m["recall"], "o", color="C3", label=f"threshold {m['threshold']:.3g}")
+    else:
+        ax.text(0.5, 0.5, "undefined: one class only", ha="center")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(
+        xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", xlim=(0, 1), ylim=(0, 1.01), title="ROC"
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pr(y: np.ndarray, p: np.ndarray, m: dict[str, Any], path: Path) -> Path:
+    """Precision-recall curve with average precision and the prevalence baseline."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    if m.get("pr_auc") is not None:
+        rec, prec = pr_curve(y, p)
+        ax.step(rec, prec, where="post", lw=2, label=f"AP {m['pr_auc']:.3f}")
+        ax.axhline(m["n_positive"] / m["n"], ls="--", color="grey", lw=1, label="prevalence")
+        if m.get("precision") is not None:
+            ax.plot(m["recall"], m["precision"], "o", color="C3", label=f"threshold {m['threshold']:.3g}")
+    else:
+        ax.text(0.5, 0.5, "undefined: no positives", ha="center")
+    ax.set(
+        xlabel="recall (sensitivity)",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="Precision-recall",
+    )
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_confusion(m: dict[str, Any], path: Path) -> Path:
+    """2 x 2 confusion matrix at the threshold: counts and row percentages."""
+    c = m["confusion"]
+    mat = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]], dtype=float)
+    rows = mat.sum(axis=1, keepdims=True)
+    share = np.divide(mat, rows, out=np.zeros_like(mat), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(2):
+        for j in range(2):
+            ax.text(
+                j,
+                i,
+                f"{int(mat[i, j])}\n{share[i, j]:.1%}",
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.6 else "black",
+            )
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=["normal", "tumour"],
+        yticklabels=["normal", "tumour"],
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion at threshold {m['threshold']:.3g}",
+    )
+    return _save(fig, path)
+
+
+def plot_calibration(y: np.ndarray, p: np.ndarray, m: dict[str, Any], path: Path) -> Path:
+    """Reliability diagram (fraction positive against mean probability per bin) over a histogram of p."""
+    mean_p, frac, count = reliability(y, p)
+    fig, (ax, hx) = plt.subplots(2, 1, figsize=(4.8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ok = count > 0
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(mean_p[ok], frac[ok], "o-", label=f"model (ECE {m['ece']:.3f})")
+    ax.set(ylabel="fraction tumour", ylim=(0, 1), title="Reliability diagram")
+    ax.legend(loc="upper left", fontsize=8)
+    edges = np.linspace(0, 1, len(count) + 1)
+    hx.bar(edges[:-1], count, width=np.diff(edges), align="edge", color="C0", alpha=0.6)
+    hx.set(xlabel="predicted tumour probability", ylabel="patches", xlim=(0, 1))
+    return _save(fig, path)
+
+
+def read_training_curves(path: Path) -> dict[str, np.ndarray] | None:
+    """Columns of RUN/metrics.csv as float arrays (blank cells NaN), or None when absent or empty."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+
+    def num(v: str | None) -> float:
+        try:
+            return float(v) if v not in (None, "") else np.nan
+        except ValueError:
+            return np.nan
+
+    return {k: np.array([num(r.get(k)) for r in rows]) for k in rows[0]}
+
+
+def plot_curves(curves: dict[str, np.ndarray], path: Path) -> Path:
+    """Training curves: loss, AUC and accuracy per epoch for the train and validation splits."""
+    epoch = curves.get("epoch", np.arange(len(next(iter(curves.values())))))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, name in zip(axes, ("loss", "auc", "acc"), strict=True):
+        for split in ("train", "val"):
+            v = curves.get(f"{split}_{name}")
+            if v is not None and np.isfinite(v).any():
+                ok = np.isfinite(v)
+                ax.plot(epoch[ok], v[ok], "o-", ms=3, label=split)
+        ax.set(xlabel="epoch", title={"loss": "loss (BCE)", "auc": "AUC", "acc": "accuracy"}[name])
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, path)

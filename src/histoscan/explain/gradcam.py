@@ -1,0 +1,264 @@
+"""Grad-CAM explanations of one-logit patch classifiers: heat maps, overlay PNGs and a probabilities table."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.visualize import GradCAM
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from histoscan.errors import HistoscanInputError
+from histoscan.inference.predictor import LoadedModel, PatchClassifier
+from histoscan.models import target_layer_name
+
+PANEL_PX = (
+    256  # overlays are upscaled by an integer factor to at least this side, so 50-96 px patches are visible
+)
+LABELS = ("normal", "tumour")
+_HEAT_ALPHA = 0.45
+
+
+class _SignedLogits(nn.Module):
+    """[-logit, logit] as two class scores, so Grad-CAM can explain either predicted class of a one-logit net.
+
+    d(-logit)/dA is the evidence for "normal": explaining a negative prediction with the positive logit would
+    show where the model saw *no* tumour evidence, not what made it say normal. Input: N x 3 x H x W
+    (0..255), the layout MONAI reads the map size from.
+    """
+
+    def __init__(self, classifier: PatchClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.classifier(x.permute(0, 2, 3, 1))
+        return torch.stack([-z, z], dim=1)
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Per-map scaling to [0, 1] (max -> 1); an all-zero map (no positive evidence) stays zero.
+
+    Replaces MONAI's default post-processing, which maps (min, max) to (1, 0), i.e. flips the map.
+    """
+    flat = x.flatten(1)
+    lo = flat.min(1).values.view(-1, *[1] * (x.ndim - 1))
+    span = (flat.max(1).values.view_as(lo) - lo).clamp_min(1e-12)
+    return torch.where(span > 1e-12, (x - lo) / span, torch.zeros_like(x))
+
+
+def spatial_layers(net: nn.Module, image_size: int) -> list[str]:
+    """Names (relative to `net`) of the submodules whose output is a 4-D feature map at `image_size`."""
+    shapes: dict[str, int] = {}
+    hooks = [
+        m.register_forward_hook(
+            lambda _m, _i, o, n=n: shapes.__setitem__(n, o.ndim if torch.is_tensor(o) else 0)
+        )
+        for n, m in net.named_modules()
+        if n
+    ]
+    device = next(net.parameters()).device
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        net.train(was_training)
+        for h in hooks:
+            h.remove()
+    return [n for n, d in shapes.items() if d == 4]
+
+
+def check_target_layer(net: nn.Module, layer: str, image_size: int, model_name: str = "") -> None:
+    """Raise HistoscanInputError naming `layer` and listing valid ones unless it yields a 4-D feature map."""
+    valid = spatial_layers(net, image_size)
+    if layer in valid:
+        return
+    shown = [n for n in valid if n.count(".") <= 1]  # stages and blocks; deeper names are valid too
+    what = (
+        "is not a layer"
+        if layer not in dict(net.named_modules())
+        else "has no spatial (N x C x H x W) output"
+    )
+    raise HistoscanInputError(
+        f"--target-layer {layer}: {what} of model '{model_name or type(net).__name__}'; "
+        f"choose e.g. {', '.join(shown)}"
+        + (f" (or any of {len(valid) - len(shown)} deeper layers)" if len(valid) > len(shown) else "")
+    )
+
+
+def gradcam(
+    classifier: PatchClassifier,
+    images: np.ndarray,
+    target_layer: str,
+    threshold: float = 0.5,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM maps for the predicted class of each image.
+
+    Args:
+        classifier: uint8 NHWC -> one logit per image (its weights are not modified; a copy is hooked).
+        images: uint8 N x H x W x 3 RGB.
+        target_layer: layer of `classifier.net` whose activations and gradients make the map.
+        threshold: probability at or above which the prediction is tumour (the explained class then is the
+            positive logit, else the negative logit).
+        batch_size: images per forward/backward pass.
+
+    Returns:
+        (maps float32 N x H x W in [0, 1], tumour probabilities float32 N).
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise HistoscanInputError(f"images: expected N x H x W x 3, got shape {images.shape}")
+    n, h, w = images.shape[:3]
+    # hooks are registered on a copy: MONAI never removes them, and in-place ops are switched off for the
+    # full backward hooks (an in-place ReLU after the target layer would otherwise break them)
+    clf = copy.deepcopy(classifier).eval()
+    for m in clf.modules():
+        if getattr(m, "inplace", False):
+            m.inplace = False
+    for p in clf.parameters():
+        p.requires_grad_(True)
+    check_target_layer(clf.net, target_layer, min(h, w))
+    cam = GradCAM(_SignedLogits(clf), target_layers=f"classifier.net.{target_layer}", postprocessing=_minmax)
+    device = next(clf.parameters()).device
+    maps = np.zeros((n, h, w), np.float32)
+    probs = np.zeros(n, np.float32)
+    with torch.inference_mode(False), torch.enable_grad():
+        for start in range(0, n, batch_size):
+            x = torch.as_tensor(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2)
+            with torch.no_grad():
+                p = torch.sigmoid(clf(x.permute(0, 2, 3, 1)).float())
+            probs[start : start + len(x)] = p.cpu().numpy()
+            positive = p >= threshold
+            for cls in (0, 1):
+                idx = torch.nonzero(positive == bool(cls)).flatten()
+                if len(idx):
+                    m = cam(x[idx], class_idx=cls)
+                    maps[start + idx.cpu().numpy()] = m[:, 0].detach().float().cpu().numpy()
+    return maps, probs
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow built without FreeType: bitmap font, fixed size
+        return ImageFont.load_default()
+
+
+def _heat_rgb(cam: np.ndarray) -> np.ndarray:
+    from matplotlib import colormaps  # the colormap only; no pyplot state
+
+    return (colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
+
+
+def render_overlay(
+    image: np.ndarray, cam: np.ndarray, probability: float, threshold: float, title: str
+) -> Image.Image:
+    """Side-by-side figure: the patch and its Grad-CAM overlay, upscaled, with prediction and colour bar.
+
+    Args:
+        image: uint8 H x W x 3 patch as the model saw it.
+        cam: float H x W map in [0, 1].
+        probability: tumour probability.
+        threshold: decision threshold of the run.
+        title: first caption line (usually the image id).
+
+    Returns:
+        An RGB PIL image.
+    """
+    h, w = image.shape[:2]
+    scale = max(1, -(-PANEL_PX // max(h, w)))
+    size = (w * scale, h * scale)
+    patch = Image.fromarray(image).resize(size, Image.Resampling.NEAREST)  # nearest: show the real pixels
+    cam_big = np.asarray(
+        Image.fromarray(cam.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    )
+    overlay = Image.blend(patch, Image.fromarray(_heat_rgb(cam_big)), _HEAT_ALPHA)
+
+    pad, font, small = 8, _font(14), _font(11)
+    label = LABELS[int(probability >= threshold)]
+    lines = [title, f"P(tumour) = {probability:.3f}   predicted: {label} (threshold {threshold:.2f})"]
+    text_h = 2 * 18
+    bar_h = 10
+    canvas = Image.new("RGB", (2 * size[0] + 3 * pad, text_h + size[1] + bar_h + 22 + 3 * pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + i * 18), line, fill="black", font=font)
+    top = 2 * pad + text_h
+    canvas.paste(patch, (pad, top))
+    canvas.paste(overlay, (2 * pad + size[0], top))
+    draw.text((pad, top + size[1] + 2), "patch", fill="black", font=small)
+    # colour bar under the overlay: what the heat colours mean
+    bar_top = top + size[1] + pad + 6
+    ramp = _heat_rgb(np.linspace(0.0, 1.0, size[0])[None, :].repeat(bar_h, 0))
+    canvas.paste(Image.fromarray(ramp), (2 * pad + size[0], bar_top))
+    draw.text(
+        (2 * pad + size[0], bar_top + bar_h + 1), f"Grad-CAM for '{label}': 0", fill="black", font=small
+    )
+    draw.text((2 * pad + 2 * size[0] - 8, bar_top + bar_h + 1), "1", fill="black", font=small)
+    return canvas
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._") or "image"
+
+
+def explain_images(
+    loaded: LoadedModel,
+    images: np.ndarray,
+    ids: list[str],
+    out_dir: str | Path,
+    target_layer: str | None = None,
+    batch_size: int = 32,
+) -> list[Path]:
+    """Write `<id>_gradcam.png` per image, probabilities.csv (id,probability,label) and gradcam.npz.
+
+    Args:
+        loaded: model from :func:`histoscan.inference.predictor.load_model`.
+        images: uint8 N x S x S x 3, already fitted to `loaded.image_size`.
+        ids: one id per image (file names are made safe; ids must be unique).
+        out_dir: folder to write into (created).
+        target_layer: layer of the network to explain (default: the model's last convolutional stage).
+        batch_size: images per Grad-CAM pass.
+
+    Returns:
+        Paths of the overlay PNGs, in input order.
+    """
+    images = np.asarray(images)
+    if len(ids) != len(images):
+        raise HistoscanInputError(f"ids: {len(ids)} ids for {len(images)} images")
+    names = [_safe_name(i) for i in ids]
+    if len(set(names)) != len(names):
+        raise HistoscanInputError("ids: not unique (after making them file-name safe)")
+    net = loaded.classifier.net
+    layer = target_layer or target_layer_name(loaded.config.model, net)
+    check_target_layer(net, layer, loaded.image_size, loaded.config.model)
+    maps, probs = gradcam(loaded.classifier, images, layer, loaded.threshold, batch_size)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for img, cam, p, i, name in zip(images, maps, probs, ids, names, strict=True):
+        path = out / f"{name}_gradcam.png"
+        render_overlay(img, cam, float(p), loaded.threshold, i).save(path)
+        paths.append(path)
+    with open(out / "probabilities.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "probability", "label"])
+        writer.writerows([i, f"{p:.6f}", int(p >= loaded.threshold)] for i, p in zip(ids, probs, strict=True))
+    np.savez_compressed(
+        out / "gradcam.npz",
+        ids=np.asarray(ids),
+        maps=maps.astype(np.float16),
+        probabilities=probs,
+        target_layer=layer,
+        threshold=loaded.threshold,
+    )
+    return paths

@@ -1,0 +1,207 @@
+"""Slide tiling: tissue mask, the tile grid at the model's µm/px, and tiles streamed by background threads."""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from histoscan.errors import HistoscanInputError
+
+if TYPE_CHECKING:
+    from histoscan.slide.io import SlideReader
+
+OUTPUTS = ("heatmap.npy", "heatmap.png", "overlay.png", "tiles.csv", "regions.geojson", "summary.json")
+
+
+@dataclass
+class SlideOptions:
+    """How a slide is mapped. Every default of `histoscan slide` lives here.
+
+    `mpp` is the SLIDE's level-0 µm/px (overrides the file's metadata); the patch µm/px comes from the
+    model, or `model_mpp` when the run recorded none. `stride` is in model pixels (default: the tile size).
+    """
+
+    mpp: float | None = None
+    model_mpp: float | None = None
+    stride: int | None = None
+    threshold: float | None = None  # None: the run's threshold.json
+    batch_size: int = 64
+    level: int | None = None  # None: the coarsest level not coarser than the model's µm/px
+    min_tissue: float = 0.25  # fraction of a tile that must be tissue for it to be classified
+    explain: int = 0  # Grad-CAM for the top-k tumour tiles
+    force: bool = False
+    workers: int = 2  # tile-reading threads
+    prefetch: int = 4  # ready batches queued ahead of the model
+    reader: str = "auto"  # "auto" | "openslide" | "tifffile"
+    thumbnail_size: int = 1024  # min longer side of the mask/overlay thumbnail (grown to >= 8 px per tile)
+
+
+@dataclass
+class TileGrid:
+    """Tiles of `image_size` model px = `tile0` level-0 px, every `stride0` level-0 px, read at `level`."""
+
+    level: int
+    downsample: float
+    tile0: float
+    stride0: float
+    read_size: int
+    image_size: int
+    rows: int
+    cols: int
+
+    def origins(self, rc: np.ndarray) -> np.ndarray:
+        """Level-0 top-left (x, y) of tiles at grid (row, col) pairs, shape (N, 2) int64."""
+        return np.round(rc[:, ::-1] * self.stride0).astype(np.int64)
+
+    @property
+    def cell_offset(self) -> float:
+        """Level-0 offset of a heatmap cell (stride0-sized, centred on its tile) from the tile's corner."""
+        return (self.tile0 - self.stride0) / 2
+
+
+def plan_grid(
+    reader: SlideReader,
+    image_size: int,
+    model_mpp: float,
+    stride: int | None = None,
+    level: int | None = None,
+) -> TileGrid:
+    """Tile geometry covering the slide at the model's resolution, read from the best pyramid level."""
+    from histoscan.slide.io import best_level  # lazy: slide_io imports scipy
+
+    need = model_mpp / reader.mpp  # level-0 px per model px
+    tile0 = image_size * need
+    stride0 = (stride or image_size) * need
+    if stride is not None and not 0 < stride <= image_size:
+        raise HistoscanInputError(
+            f"--stride {stride}: must be between 1 and the model's tile size {image_size}"
+        )
+    if level is None:
+        level = best_level(reader.level_downsamples, need)
+    elif not 0 <= level < len(reader.level_downsamples):
+        raise HistoscanInputError(
+            f"--level {level}: the slide has levels 0..{len(reader.level_downsamples) - 1}"
+        )
+    ds = reader.level_downsamples[level]
+    w0, h0 = reader.dimensions
+    cols = max(1, math.ceil(max(w0 - tile0, 0) / stride0 - 1e-9) + 1)
+    rows = max(1, math.ceil(max(h0 - tile0, 0) / stride0 - 1e-9) + 1)
+    return TileGrid(level, ds, tile0, stride0, max(1, round(tile0 / ds)), image_size, rows, cols)
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of uint8 values (hand-rolled: scikit-image is not a dependency)."""
+    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * np.arange(256))
+    total, mean_all = w0[-1], m0[-1]
+    w1 = total - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean_all * w0 - m0 * total) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = 0
+    return float(np.argmax(between))
+
+
+def tissue_mask(rgb: np.ndarray, min_sat: int = 15, max_sat: int = 50) -> np.ndarray:
+    """Tissue pixels of a thumbnail: Otsu on HSV saturation, then closing, opening and hole filling.
+
+    The Otsu threshold is clamped to [min_sat, max_sat] (0..255) so that a blank slide finds no tissue and a
+    crop that is all tissue is not split into stroma vs nuclei.
+    """
+    from scipy import ndimage  # lazy: keeps this module (and `histoscan slide --help`) light
+
+    sat = np.asarray(Image.fromarray(rgb).convert("HSV"))[..., 1]
+    sat = ndimage.uniform_filter(sat, 3)  # JPEG speckle
+    thr = min(max(otsu_threshold(sat), min_sat), max_sat)
+    mask = sat > thr
+    disk = ndimage.generate_binary_structure(2, 1)
+    mask = ndimage.binary_closing(mask, disk, iterations=2, border_value=0)
+    mask = ndimage.binary_opening(mask, disk, iterations=2, border_value=0)
+    return ndimage.binary_fill_holes(mask)
+
+
+def tile_tissue_fraction(mask: np.ndarray, grid: TileGrid, dimensions: tuple[int, int]) -> np.ndarray:
+    """Fraction of each tile (rows x cols) covered by the thumbnail tissue mask (integral-image box sums)."""
+    h, w = mask.shape
+    sx, sy = dimensions[0] / w, dimensions[1] / h
+    ii = np.zeros((h + 1, w + 1), np.int64)
+    ii[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    xs = np.arange(grid.cols) * grid.stride0
+    ys = np.arange(grid.rows) * grid.stride0
+    x0 = np.clip(np.floor(xs / sx), 0, w).astype(int)
+    x1u = np.maximum(np.ceil((xs + grid.tile0) / sx).astype(int), x0 + 1)
+    y0 = np.clip(np.floor(ys / sy), 0, h).astype(int)
+    y1u = np.maximum(np.ceil((ys + grid.tile0) / sy).astype(int), y0 + 1)
+    x1, y1 = np.clip(x1u, 0, w), np.clip(y1u, 0, h)
+    box = ii[y1][:, x1] - ii[y0][:, x1] - ii[y1][:, x0] + ii[y0][:, x0]
+    return box / np.outer(y1u - y0, x1u - x0)  # tile parts beyond the slide edge count as background
+
+
+def read_tile(reader: SlideReader, grid: TileGrid, x: int, y: int) -> np.ndarray:
+    """One tile at the model's resolution: uint8 image_size x image_size x 3."""
+    region = reader.read_region(int(x), int(y), grid.level, (grid.read_size, grid.read_size))
+    if grid.read_size != grid.image_size:  # antialiased PIL resampling from the chosen level
+        size = (grid.image_size, grid.image_size)
+        region = np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BILINEAR))
+    return region
+
+
+def stream_tiles(
+    reader: SlideReader, grid: TileGrid, xy: np.ndarray, batch_size: int, workers: int = 2, prefetch: int = 4
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (start index, uint8 batch) for tiles at level-0 `xy`, read by background threads.
+
+    A producer thread fills a bounded queue of ready batches (reading overlaps inference; at most `prefetch`
+    batches are held), so memory stays flat however large the slide is.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                for start in range(0, len(xy), batch_size):
+                    chunk = xy[start : start + batch_size]
+                    batch = np.empty((len(chunk), grid.image_size, grid.image_size, 3), np.uint8)
+
+                    def fill(i: int, batch: np.ndarray = batch, chunk: np.ndarray = chunk) -> None:
+                        batch[i] = read_tile(reader, grid, *chunk[i])
+
+                    list(pool.map(fill, range(len(chunk))))
+                    if not put((start, batch)):
+                        return
+            put(done)
+        except BaseException as e:  # handed to the consumer, which re-raises it with its traceback
+            put(e)
+
+    thread = threading.Thread(target=produce, name="slide-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)

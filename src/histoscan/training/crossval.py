@@ -1,0 +1,92 @@
+"""`histoscan cv`: patient-grouped k-fold cross-validation — one run per fold, each evaluated on its held-out
+fold, predictions pooled into one metrics.json with group-bootstrap CIs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoscan.config import TrainConfig
+from histoscan.errors import HistoscanInputError
+from histoscan.evaluation.evaluate import evaluate
+from histoscan.inference.predictor import read_threshold
+from histoscan.evaluation.metrics import compute_metrics
+from histoscan.training.train import train
+
+
+def _read_predictions(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def crossval(config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = False) -> dict[str, Any]:
+    """Train and evaluate `folds` runs in OUT/fold-<i>; write OUT/cv.json and OUT/predictions.csv.
+
+    Each fold's threshold is its own run's (chosen on that run's validation patients); the pooled metrics use the
+    pooled per-patch decisions, so no threshold is ever fitted on test patients.
+    """
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise HistoscanInputError(f"--out {out}: folder exists and is not empty (use --force to overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, str]] = []
+    per_fold: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for k in range(folds):
+        cfg = dataclasses.replace(config, out=str(out / f"fold-{k}"), folds=folds, fold=k)
+        t = time.perf_counter()
+        run = train(cfg, force=True)
+        metrics = evaluate(run, config.data, out=run / "eval", tta=tta)
+        seconds = time.perf_counter() - t
+        threshold = read_threshold(run)
+        fold_rows = _read_predictions(run / "eval" / "predictions.csv")
+        for r in fold_rows:
+            r["fold"], r["decision"] = str(k), str(int(float(r["probability"]) >= threshold))
+        rows += fold_rows
+        per_fold.append(
+            {
+                "fold": k,
+                "seconds": round(seconds, 1),
+                "auc": metrics["auc"],
+                "balanced_accuracy": metrics["balanced_accuracy"],
+                "f1": metrics["f1"],
+                "n": metrics["n"],
+            }
+        )
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    groups = [r["group"] for r in rows]
+    groups = groups if all(groups) else None
+    pooled = compute_metrics(y, p, 0.5, groups=groups)  # ranking metrics (AUC, PR-AUC, Brier, ECE) with CIs
+    _pooled_decisions(pooled, y, np.array([int(r["decision"]) for r in rows]), groups)
+    result = {
+        "folds": folds,
+        "tta": tta,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "config": config.to_dict(),
+        "pooled": pooled,
+        "per_fold": per_fold,
+    }
+    (out / "cv.json").write_text(json.dumps(result, indent=2))
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "group", "label", "probability", "fold", "decision"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
+    return result
+
+
+def _pooled_decisions(pooled: dict[str, Any], y: np.ndarray, d: np.ndarray, groups: list[str] | None) -> None:
+    """Replace the threshold-dependent entries of `pooled` by those of the per-fold decisions d (0/1), with CIs."""
+    m = compute_metrics(y, d.astype(float), 0.5, groups=groups)
+    for k in ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "confusion"):
+        if k in m:
+            pooled[k] = m[k]
+    for k in ("balanced_accuracy", "f1"):
+        pooled["ci95"][k] = m["ci95"][k]
+    pooled["threshold"] = "per fold (chosen on each run's validation patients)"

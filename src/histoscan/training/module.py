@@ -1,0 +1,138 @@
+"""The LightningModule: uint8 batches -> [0,1] -> batched augmentation -> normalise -> net -> BCE-with-logits."""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from histoscan.data.augment import BatchAugment
+from histoscan.config import TrainConfig
+from histoscan.inference.predictor import build_classifier
+
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_auc",
+    "train_acc",
+    "val_loss",
+    "val_auc",
+    "val_acc",
+    "lr",
+    "seconds",
+]
+
+
+class PatchModule(L.LightningModule):
+    """Binary tumour/normal classifier. Checkpoints hold `config`, `image_size` and `mpp` as hyper-parameters,
+    which is what `histoscan.inference.predictor.load_model` reads back."""
+
+    def __init__(self, config: dict[str, Any], image_size: int, mpp: float | None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = TrainConfig.from_dict(config)
+        self.classifier = build_classifier(self.cfg).to(memory_format=torch.channels_last)
+        self.augment = BatchAugment(self.cfg.augment)
+        self.loss = nn.BCEWithLogitsLoss()
+        self.train_auc, self.val_auc = BinaryAUROC(), BinaryAUROC()
+        self.train_acc, self.val_acc = BinaryAccuracy(), BinaryAccuracy()
+        self.train_loss = MeanMetric()
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The trunk that Lightning's BackboneFinetuning freezes in phase 1 (models with a `backbone`)."""
+        return self.classifier.net.backbone
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.classifier.head(self.augment(self.classifier.prepare(x)))
+        loss = self.loss(logits.float(), y)
+        probs = torch.sigmoid(logits.detach().float())
+        self.train_auc.update(probs, y.long())
+        self.train_acc.update(probs, y.long())
+        self.train_loss.update(loss.detach(), len(y))
+        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.classifier(x).float()
+        self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        probs = torch.sigmoid(logits)
+        self.val_auc.update(probs, y.long())
+        self.val_acc.update(probs, y.long())
+
+    def on_validation_epoch_end(self) -> None:
+        # validation runs after the epoch's training batches, so the train metrics are complete here too and
+        # land in callback_metrics before MetricsCSV writes the epoch's row
+        for name, metric in (
+            ("val_auc", self.val_auc),
+            ("val_acc", self.val_acc),
+            ("train_auc", self.train_auc),
+            ("train_acc", self.train_acc),
+            ("train_loss", self.train_loss),
+        ):
+            if metric.update_count:
+                self.log(name, metric.compute(), prog_bar=name == "val_auc")
+            metric.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        mode = "max" if self.cfg.monitor == "val_auc" else "min"
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=2)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.cfg.monitor}}
+
+
+class EpochSeeding(L.Callback):
+    """Reseed every RNG before each training batch from (seed, epoch, batch), so augmentation and dropout do not
+    depend on what ran before (data-loader start-up draws from the global RNG too): `--resume` then reproduces
+    an uninterrupted run exactly."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        s = int(np.random.SeedSequence([self.seed, trainer.current_epoch, batch_idx]).generate_state(1)[0])
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+class MetricsCSV(L.Callback):
+    """RUN/metrics.csv: one row per epoch with train/val loss, AUC, accuracy, learning rate and seconds."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        for k in METRIC_COLUMNS[1:-2]:
+            row[k] = f"{float(m[k]):.6f}" if k in m else ""
+        row["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}"
+        row["seconds"] = f"{time.perf_counter() - self._t0:.1f}"
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerow(row)

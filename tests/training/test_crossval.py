@@ -1,0 +1,71 @@
+"""Grouped k-fold cross-validation: every patch scored once, by the run that never saw its patient."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from histoscan.config import TrainConfig
+from histoscan.training.crossval import crossval
+
+
+@pytest.fixture(scope="module")
+def small_idc(idc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manifest of real idc-breast patches: 18 patients with both classes, 8 patches each."""
+    by_patient: dict[str, list[dict[str, str]]] = defaultdict(list)
+    with (idc_root / "labels.csv").open() as f:
+        for r in csv.DictReader(f):
+            by_patient[r["patient"]].append(r)
+    rows = []
+    for rs in by_patient.values():
+        if {r["label"] for r in rs} == {"0", "1"} and len(rs) >= 8:
+            rows += sorted(rs, key=lambda r: r["label"])[-4:] + sorted(rs, key=lambda r: r["label"])[:4]
+        if len(rows) >= 18 * 8:
+            break
+    out = tmp_path_factory.mktemp("small-idc") / "manifest.csv"
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group"])
+        w.writerows([str(idc_root / r["path"]), r["label"], r["patient"]] for r in rows)
+    return out
+
+
+def test_three_fold_cv_scores_every_patch_once_by_a_run_without_its_patient(small_idc: Path, tmp_path: Path):
+    cfg = TrainConfig(data=str(small_idc), out=str(tmp_path / "cv"), epochs=1, batch_size=16, limit_batches=2)
+    result = crossval(cfg, folds=3)
+    with (tmp_path / "cv" / "predictions.csv").open() as f:
+        preds = list(csv.DictReader(f))
+    assert len(preds) == 144 and len({p["id"] for p in preds}) == 144
+    for k in range(3):
+        run = tmp_path / "cv" / f"fold-{k}"
+        with (run / "split.csv").open() as f:
+            split = list(csv.DictReader(f))
+        train_patients = {r["group"] for r in split if r["split"] in ("train", "val")}
+        test_patients = {r["group"] for r in split if r["split"] == "test"}
+        assert not train_patients & test_patients
+        scored = {p["group"] for p in preds if p["fold"] == str(k)}
+        assert scored == test_patients
+        threshold = json.loads((run / "threshold.json").read_text())["threshold"]
+        for p in preds:
+            if p["fold"] == str(k):
+                assert p["decision"] == str(int(float(p["probability"]) >= threshold))
+    pooled = result["pooled"]
+    assert pooled["n"] == 144 and pooled["n_positive"] == sum(p["label"] == "1" for p in preds) > 30
+    for key in ("auc", "balanced_accuracy", "f1"):
+        lo, hi = pooled["ci95"][key]
+        assert lo <= pooled[key] <= hi
+    assert len(result["per_fold"]) == 3
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["pooled"]["n"] == 144
+
+
+def test_cv_refuses_to_overwrite(small_idc: Path, tmp_path: Path):
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "x").write_text("keep")
+    from histoscan.errors import HistoscanInputError
+
+    with pytest.raises(HistoscanInputError, match="--force"):
+        crossval(TrainConfig(data=str(small_idc), out=str(tmp_path / "cv")), folds=3)
