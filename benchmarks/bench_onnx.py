@@ -24,9 +24,11 @@ import numpy as np
 import torch
 
 from histoscan.config import TrainConfig
-from histoscan.export.onnx import export_onnx, onnx_backend
-from histoscan.inference.predictor import PatchClassifier, load_model
+from histoscan.export.onnx import export_onnx
+from histoscan.inference.onnx import OnnxPredictor
+from histoscan.inference.predictor import load_predictor
 from histoscan.models import create_model
+from histoscan.models.classifier import PatchClassifier
 
 
 def make_run(root: Path, model: str, size: int) -> Path:
@@ -77,9 +79,9 @@ def bench_model(
     """Rows of {model, batch, backend, patches_s} for one model."""
     run = make_run(tmp / model, model, size)
     onnx_path = export_onnx(run, tmp / f"{model}.onnx")
-    backend = onnx_backend(onnx_path, threads=threads)
-    clf = load_model(run, "cpu").classifier.eval()
-    clf_cl = load_model(run, "cpu").classifier.eval().to(memory_format=torch.channels_last)
+    backend = OnnxPredictor(onnx_path, threads=threads)
+    clf = load_predictor(run, "cpu").classifier.eval()
+    clf_cl = load_predictor(run, "cpu").classifier.eval().to(memory_format=torch.channels_last)
     rows = []
     rng = np.random.default_rng(0)
     for b in batches:
@@ -87,7 +89,7 @@ def bench_model(
         found = {
             "torch eager": rate(_eager(clf, torch.from_numpy(x)), b, seconds),
             "torch eager channels_last": rate(_eager(clf_cl, torch.from_numpy(x)), b, seconds),
-            "onnxruntime": rate(lambda x=x, b=b: backend(x, batch_size=b), b, seconds),
+            "onnxruntime": rate(lambda x=x, b=b: backend.predict_logits(x, batch_size=b), b, seconds),
         }
         best_torch = max(found["torch eager"], found["torch eager channels_last"])
         for name, r in found.items():

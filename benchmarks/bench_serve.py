@@ -26,11 +26,11 @@ import httpx
 import numpy as np
 import psutil
 import torch
+from _common import shared_data
 
 from histoscan.config import TrainConfig
-from histoscan.inference.predictor import PatchClassifier
 from histoscan.models import create_model
-from _common import shared_data
+from histoscan.models.classifier import PatchClassifier
 
 
 def make_run(root: Path, model: str, size: int = 96) -> Path:

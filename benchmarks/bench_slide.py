@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+from _common import shared_data
 
 from histoscan.config import TrainConfig
-from histoscan.inference.predictor import PatchClassifier
 from histoscan.models import create_model
-from _common import shared_data
+from histoscan.models.classifier import PatchClassifier
 
 SLIDE_MPP = {"tcga-cr-7395-01a-01-ts1.svs": 0.5}  # slides without µm/px metadata
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from _common import shared_data
 from PIL import Image
 
-from _common import shared_data
-from histoscan.slide.mapping import tissue_mask
 from histoscan.slide.io import open_slide
+from histoscan.slide.mapping import tissue_mask
 
 BLOCK = 512
 BACKGROUND = (243, 242, 240)

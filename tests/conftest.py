@@ -17,7 +17,6 @@ def _shared_data() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
-
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prepared-store caches go to a temporary folder, never the user's ~/.cache."""

@@ -16,7 +16,7 @@ import torch
 
 from histoscan.config import TrainConfig
 from histoscan.data.store import PatchStore, prepare
-from histoscan.inference.predictor import build_classifier
+from histoscan.models.classifier import build_classifier
 
 
 def idc_manifest(idc_root: Path, out_csv: Path, patients: int = 6, per_class: int = 4) -> Path:

@@ -55,9 +55,15 @@ class TrainConfig:
     image_size: int | None = _opt(
         None, "patch size in px (default: the source's native size)", type=int, low=8, high=4096
     )
-    fit: Fit = _opt("pad", "fit images of another size: reflect-pad/centre-crop or resize", choices=("pad", "resize"))
+    fit: Fit = _opt(
+        "pad", "fit images of another size: reflect-pad/centre-crop or resize", choices=("pad", "resize")
+    )
     mpp: float | None = _opt(
-        None, "patch resolution in µm/px (default: from the source; PCam 0.972)", type=float, low=0, low_open=True
+        None,
+        "patch resolution in µm/px (default: from the source; PCam 0.972)",
+        type=float,
+        low=0,
+        low_open=True,
     )
     epochs: int = _opt(20, "maximum epochs", type=int, low=1, high=100_000)
     batch_size: int = _opt(64, "patches per training step", type=int, low=1, high=65_536)
@@ -71,7 +77,9 @@ class TrainConfig:
     monitor: Literal["val_auc", "val_loss"] = _opt(
         "val_auc", "early-stopping / best-checkpoint metric", choices=("val_auc", "val_loss")
     )
-    val_fraction: float = _opt(0.15, "validation share", type=float, low=0, high=1, low_open=True, high_open=True)
+    val_fraction: float = _opt(
+        0.15, "validation share", type=float, low=0, high=1, low_open=True, high_open=True
+    )
     test_fraction: float = _opt(0.15, "held-out test share", type=float, low=0, high=1, high_open=True)
     # cross-validation: the test split is fold `fold` of `folds` grouped folds (set by `histoscan cv`)
     folds: int | None = _opt(None, "grouped folds", type=int, low=2, high=100, cli=False)
@@ -92,7 +100,9 @@ class TrainConfig:
     freeze_epochs: int = _opt(
         0, "epochs with the trunk frozen before fine-tuning (resnet50-head)", type=int, low=0, high=100_000
     )
-    weights: str | None = _opt(None, "local state dict (torchvision key layout) to start from", metavar="FILE")
+    weights: str | None = _opt(
+        None, "local state dict (torchvision key layout) to start from", metavar="FILE"
+    )
     limit_batches: int | None = _opt(
         None, "at most N train and N val batches per epoch (smoke runs)", type=int, low=1, metavar="N"
     )
@@ -125,7 +135,9 @@ class TrainConfig:
                 f"--augment {','.join(self.augment)}: unknown op {bad[0]} (choose from {', '.join(AUGMENT_OPS)})"
             )
         if self.stain is not None and not isinstance(self.stain, dict):
-            raise HistoscanInputError("stain: must be a fitted normaliser (a mapping), see `histoscan stain fit`")
+            raise HistoscanInputError(
+                "stain: must be a fitted normaliser (a mapping), see `histoscan stain fit`"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON-safe)."""
@@ -186,9 +198,13 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
             raise HistoscanInputError(f"{opt} {value}: must be a number")
         low, high = meta.get("low"), meta.get("high")
         if low is not None and (value < low or (meta.get("low_open") and value == low)):
-            raise HistoscanInputError(f"{opt} {value}: must be {'above' if meta.get('low_open') else 'at least'} {low}")
+            raise HistoscanInputError(
+                f"{opt} {value}: must be {'above' if meta.get('low_open') else 'at least'} {low}"
+            )
         if high is not None and (value > high or (meta.get("high_open") and value == high)):
-            raise HistoscanInputError(f"{opt} {value}: must be {'below' if meta.get('high_open') else 'at most'} {high}")
+            raise HistoscanInputError(
+                f"{opt} {value}: must be {'below' if meta.get('high_open') else 'at most'} {high}"
+            )
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise HistoscanInputError(f"{opt} {value}: choose from {', '.join(choices)}")

@@ -6,3 +6,7 @@ class HistoscanInputError(Exception):
 
     The message must name the offending file, field or option.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a message saying what was saved and how to continue: the CLI prints it and exits 130."""

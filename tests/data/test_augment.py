@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from histoscan.data.augment import OPS, BatchAugment, dihedral, dihedral_views
+from histoscan.config import AUGMENT_OPS
+from histoscan.data.augment import BatchAugment
 from histoscan.errors import HistoscanInputError
+from histoscan.utils.dihedral import dihedral, dihedral_views
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,7 +26,7 @@ def _asymmetric(size: int = 5) -> torch.Tensor:
     return torch.arange(size * size, dtype=torch.float32).view(1, 1, size, size)
 
 
-@pytest.mark.parametrize("ops", [[op] for op in OPS] + [list(OPS)])
+@pytest.mark.parametrize("ops", [[op] for op in AUGMENT_OPS] + [list(AUGMENT_OPS)])
 def test_shape_dtype_range_preserved(ops: list[str]) -> None:
     x = _batch()
     for dtype in (torch.float32, torch.float64):

@@ -10,7 +10,14 @@ import pytest
 import tifffile
 from PIL import Image
 
-from histoscan.data.images import decode_image, fit_image, image_size, list_images, load_patch
+from histoscan.data.images import (
+    collect_images,
+    decode_image,
+    fit_image,
+    image_size,
+    list_images,
+    load_patch,
+)
 from histoscan.errors import HistoscanInputError
 
 
@@ -159,3 +166,19 @@ def test_load_patch_notes_and_list_images(tmp_path: Path) -> None:
     img, notes = load_patch(tmp_path / "sub" / "b.png", "sub/b.png", 40, "pad")
     assert img.shape == (40, 40, 3) and notes == ["grey", "padded"]
     assert load_patch(tmp_path / "a.PNG", "a.PNG", 32, "resize")[1] == ["resized"]
+
+
+def test_collect_images_files_as_given_folders_expanded(tmp_path: Path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    for name in ("d/b.png", "d/a.tif", "d/sub/c.jpg", "d/.hidden.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    files = [tmp_path / "missing.png", tmp_path / "d" / "notes.txt"]  # kept: the decoder names them
+    got = collect_images([*map(str, files), tmp_path / "d"])
+    assert got == [*files, tmp_path / "d" / "a.tif", tmp_path / "d" / "b.png"]
+    deep = collect_images([tmp_path / "d"], recursive=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in deep] == ["d/a.tif", "d/b.png", "d/sub/c.jpg"]
+    assert list_images(tmp_path / "d", recursive=False) == got[2:]
+    with pytest.raises(HistoscanInputError, match="empty: folder has no PNG/TIFF/JPEG images"):
+        collect_images([tmp_path / "d", tmp_path / "empty"], recursive=True)

@@ -12,7 +12,8 @@ import pytest
 from pcam_fixtures import write_pcam
 from PIL import Image
 
-from histoscan.data.sources import detect_source, parse_label
+from histoscan.data.base import parse_label
+from histoscan.data.detect import detect_source
 from histoscan.errors import HistoscanInputError
 
 IDC_PATIENTS = ("12877", "12879", "12882", "14078")  # 41 patches, both classes in each

@@ -15,8 +15,8 @@ from run_fixtures import idc_manifest, idc_store, make_run, split_rows
 from histoscan.cli import main
 from histoscan.data.store import PatchStore, prepare
 from histoscan.evaluation.evaluate import evaluate
-from histoscan.inference.predictor import load_model
 from histoscan.evaluation.metrics import choose_run_threshold, compute_metrics
+from histoscan.inference.predictor import load_predictor
 
 KEYS = {
     "n",
@@ -83,7 +83,7 @@ def test_metrics_are_those_of_the_written_predictions_at_the_run_threshold(setup
     assert m["bootstrap"]["unit"] == "group" and m["n_groups"] == 2
     # probabilities are the model's on the stored patches
     idx = [store.ids.index(r["id"]) for r in rows]
-    np.testing.assert_allclose(p, load_model(run).predict_proba(np.array(store.images[idx])), atol=2e-6)
+    np.testing.assert_allclose(p, load_predictor(run).predict_proba(np.array(store.images[idx])), atol=2e-6)
 
 
 def test_report_and_figures_are_written_self_contained(evaluated) -> None:
@@ -128,7 +128,7 @@ def test_target_sensitivity_rechooses_threshold_on_validation_split(setup, tmp_p
     run, store = setup
     m = evaluate(run, store.path, out=tmp_path / "ts", target_sensitivity=0.75, n_boot=20)
     val = np.array([store.ids.index(i) for i in split_rows(run, "val")])
-    p_val = load_model(run).predict_proba(np.array(store.images[np.sort(val)]))
+    p_val = load_predictor(run).predict_proba(np.array(store.images[np.sort(val)]))
     want = choose_run_threshold(store.labels[np.sort(val)], p_val, 0.75)["threshold"]
     assert m["threshold"] == pytest.approx(want, abs=1e-6)
     assert "validation split at target sensitivity 0.75" in m["threshold_source"]

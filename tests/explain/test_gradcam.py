@@ -16,8 +16,9 @@ from run_fixtures import make_run
 from histoscan.cli import main
 from histoscan.errors import HistoscanInputError
 from histoscan.explain.gradcam import check_target_layer, explain_images, gradcam
-from histoscan.inference.predictor import PatchClassifier, load_model
+from histoscan.inference.predictor import load_predictor
 from histoscan.models import SimpleCNN, target_layer_name
+from histoscan.models.classifier import PatchClassifier
 
 S, Q = 32, 8  # synthetic images: S x S noise, positives carry a bright Q x Q square somewhere
 LAYER = "features.2.2"  # pre-pool ReLU of the third block: an 8 x 8 map at 32 px
@@ -124,7 +125,7 @@ def idc_files(idc_root: Path, n: int) -> list[Path]:
 def test_explain_images_writes_overlays_and_probabilities(idc_root: Path, tmp_path: Path) -> None:
     from histoscan.data.images import decode_image, fit_image
 
-    loaded = load_model(make_run(tmp_path / "run"))
+    loaded = load_predictor(make_run(tmp_path / "run"))
     files = idc_files(idc_root, 3)
     images = np.stack([fit_image(decode_image(f, str(f))[0], 50, "pad") for f in files])
     ids = [f.stem for f in files]

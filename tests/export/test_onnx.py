@@ -16,15 +16,9 @@ from histoscan import __version__, export
 from histoscan.cli import main
 from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
-from histoscan.export.onnx import (
-    OnnxBackend,
-    ParityError,
-    export_onnx,
-    load_onnx_model,
-    onnx_backend,
-    read_metadata,
-)
-from histoscan.inference.predictor import load_model
+from histoscan.export.onnx import ParityError, export_onnx, read_metadata
+from histoscan.inference.onnx import OnnxPredictor
+from histoscan.inference.predictor import load_predictor
 
 SIZE = 32
 
@@ -67,8 +61,8 @@ def test_parity_on_real_patches_with_dynamic_batch(
     model: str, runs: dict[str, Path], exported: dict[str, Path], idc_root: Path
 ) -> None:
     images = idc_patches(idc_root, 5)
-    ref = load_model(runs[model]).predict_logits(images)
-    backend = onnx_backend(exported[model], threads=2)
+    ref = load_predictor(runs[model]).predict_logits(images)
+    backend = OnnxPredictor(exported[model], threads=2)
     five = backend(images)
     ones = np.concatenate([backend(images[i : i + 1]) for i in range(5)])
     assert five.shape == (5,) and five.dtype == np.float32
@@ -78,7 +72,7 @@ def test_parity_on_real_patches_with_dynamic_batch(
 
 
 def test_graph_takes_uint8_nhwc_and_returns_logits_and_probabilities(exported: dict[str, Path]) -> None:
-    session = OnnxBackend(exported["simple-cnn"], threads=1).session
+    session = OnnxPredictor(exported["simple-cnn"], threads=1).session
     (inp,) = session.get_inputs()
     assert (inp.name, inp.type) == ("images", "tensor(uint8)")
     assert inp.shape[1:] == [SIZE, SIZE, 3] and not isinstance(inp.shape[0], int)
@@ -102,21 +96,24 @@ def test_metadata_is_present_and_correct(exported: dict[str, Path]) -> None:
         "n": 7889,
     }
     assert TrainConfig.from_dict(json.loads(meta["config"])).model == "resnet18"
-    assert float(meta["parity_max_abs_logit_diff"]) <= 1e-4 and "idc-breast" in meta["parity_images"]
+    assert float(meta["parity_max_abs_logit_diff"]) <= 1e-4 and "parity_images" in meta
     assert meta["opset"] == "17" and datetime.fromisoformat(meta["created"]).tzinfo is not None
-    backend_meta = OnnxBackend(exported["resnet18"], threads=1).meta
-    assert {k: backend_meta[k] for k in ("image_size", "mpp", "threshold", "model", "version")} == {
-        "image_size": SIZE,
-        "mpp": 0.972,
-        "threshold": 0.37,
-        "model": "resnet18",
-        "version": __version__,
-    }
+    card = OnnxPredictor(exported["resnet18"], threads=1).card
+    assert (card.image_size, card.mpp, card.threshold, card.model, card.backend) == (
+        SIZE,
+        0.972,
+        0.37,
+        "resnet18",
+        "onnx",
+    )
+    assert meta["threshold_source"] == card.threshold_source and card.threshold_source.startswith(
+        "threshold.json"
+    )
 
 
 def test_load_onnx_model_matches_torch_model(runs: dict[str, Path], exported: dict[str, Path]) -> None:
-    onnx_model = load_onnx_model(exported["simple-cnn"], threads=1)
-    torch_model = load_model(runs["simple-cnn"])
+    onnx_model = OnnxPredictor(exported["simple-cnn"], threads=1)
+    torch_model = load_predictor(runs["simple-cnn"])
     x = np.random.default_rng(4).integers(0, 256, (7, SIZE, SIZE, 3), dtype=np.uint8)
     np.testing.assert_allclose(
         onnx_model.predict_proba(x, batch_size=3), torch_model.predict_proba(x), atol=1e-5
@@ -126,7 +123,7 @@ def test_load_onnx_model_matches_torch_model(runs: dict[str, Path], exported: di
 
 
 def test_backend_rejects_float_and_wrong_size(exported: dict[str, Path]) -> None:
-    backend = onnx_backend(exported["simple-cnn"], threads=1)
+    backend = OnnxPredictor(exported["simple-cnn"], threads=1)
     with pytest.raises(HistoscanInputError, match="uint8 N x 32 x 32 x 3"):
         backend(np.zeros((1, SIZE, SIZE, 3), np.float32))
     with pytest.raises(HistoscanInputError, match="uint8 N x 32 x 32 x 3"):
@@ -136,10 +133,8 @@ def test_backend_rejects_float_and_wrong_size(exported: dict[str, Path]) -> None
 def test_parity_failure_raises_and_leaves_no_file(
     runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_call = OnnxBackend.__call__
-    monkeypatch.setattr(
-        OnnxBackend, "__call__", lambda self, x, batch_size=256: real_call(self, x, batch_size) + 1e-3
-    )
+    real_call = OnnxPredictor.__call__
+    monkeypatch.setattr(OnnxPredictor, "__call__", lambda self, x: real_call(self, x) + 1e-3)
     out = tmp_path / "model.onnx"
     with pytest.raises(ParityError, match=r"differs from PyTorch by 0\.001"):
         export_onnx(runs["simple-cnn"], out)
@@ -150,7 +145,7 @@ def test_bad_run_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(HistoscanInputError, match="no such run folder"):
         export_onnx(tmp_path / "missing", tmp_path / "m.onnx")
     with pytest.raises(HistoscanInputError, match="ONNX model not found"):
-        onnx_backend(tmp_path / "m.onnx")
+        OnnxPredictor(tmp_path / "m.onnx")
 
 
 def test_cli_prints_parity(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,10 +174,10 @@ def test_stain_normalisation_is_exported_in_the_graph(idc_root: Path, tmp_path: 
     images = np.concatenate([idc_patches(idc_root, 12, 50), blank])
     path = export_onnx(run, tmp_path / "stain.onnx", check_images=images)
     assert read_metadata(path)["stain"] == "macenko"
-    ref = load_model(run).predict_logits(images)
-    assert np.abs(onnx_backend(path, threads=1)(images) - ref).max() <= 1e-4
+    ref = load_predictor(run).predict_logits(images)
+    assert np.abs(OnnxPredictor(path, threads=1)(images) - ref).max() <= 1e-4
     # the normaliser is really in the graph: the same net without it gives other logits
-    plain = load_model(run).classifier
+    plain = load_predictor(run).classifier
     plain.stain = None
     with torch.inference_mode():
         assert np.abs(plain(torch.from_numpy(images)).numpy() - ref).max() > 1e-3

@@ -13,8 +13,11 @@ from run_fixtures import idc_store, make_run
 
 from histoscan.cli import main
 from histoscan.data.store import PatchStore, resolve_store
-from histoscan.inference.predictor import load_model
-from histoscan.inference.predict import dihedral_views, make_backend, predict, sigmoid, tta_logits
+from histoscan.inference.predict import predict
+from histoscan.inference.predictor import load_predictor
+from histoscan.inference.tta import tta_logits
+from histoscan.utils.dihedral import dihedral_views
+from histoscan.utils.numeric import sigmoid
 
 
 @pytest.fixture(scope="module")
@@ -30,26 +33,13 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_dihedral_views_are_the_eight_symmetries() -> None:
-    x = torch.arange(2 * 3 * 3 * 2, dtype=torch.uint8).reshape(2, 3, 3, 2)
-    v = dihedral_views(x, 8).reshape(8, 2, 3, 3, 2).numpy()
-    a = x.numpy()
-    want = [np.rot90(a, k, axes=(1, 2)) for k in range(4)] + [
-        np.rot90(a, k, axes=(1, 2))[:, :, ::-1] for k in range(4)
-    ]
-    for got, w in zip(v, want, strict=True):
-        np.testing.assert_array_equal(got, w)
-    assert len({g.tobytes() for g in v}) == 8
-    assert dihedral_views(x, 4).shape == (8, 3, 3, 2)
-
-
 def test_tta_is_invariant_to_every_dihedral_transform(setup) -> None:
     run, store = setup
-    fn, _ = make_backend(run)
+    fn = load_predictor(run)
     x = torch.from_numpy(np.array(store.images[:2]))
     base8, base4 = sigmoid(tta_logits(fn, x.numpy(), 8)), sigmoid(tta_logits(fn, x.numpy(), 4))
     plain = sigmoid(tta_logits(fn, x.numpy(), 0))
-    transformed = dihedral_views(x, 8).reshape(8, *x.shape)
+    transformed = dihedral_views(x, 8, dims=(1, 2))
     for k, xt in enumerate(transformed):
         np.testing.assert_allclose(sigmoid(tta_logits(fn, xt.numpy(), 8)), base8, atol=1e-5)
         if k < 4:  # rotations only for --tta 4
@@ -85,7 +75,7 @@ def test_predict_csv_on_kaggle_layout_matches_the_model(setup, shared_data: Path
     assert summary["n"] == 18 and summary["threshold"] == 0.48
     # 96 px Kaggle tiles are re-fitted (centre-crop) to the 50 px model, then scored as load_model scores them
     store = resolve_store(data, image_size=50, fit="pad", part="unlabelled")
-    want = load_model(run).predict_proba(np.array(store.images))
+    want = load_predictor(run).predict_proba(np.array(store.images))
     got = np.array([float(r["probability"]) for r in rows])
     np.testing.assert_allclose(got, want, atol=2e-6)
     assert [int(r["label"]) for r in rows] == [int(q >= 0.48) for q in got]

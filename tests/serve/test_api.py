@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from histoscan.data.images import decode_image, fit_image
-from histoscan.inference.predictor import load_model
+from histoscan.inference.predictor import load_predictor
 from histoscan.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -31,7 +31,7 @@ def _files(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 
 def _expected(run: Path, data: bytes, name: str) -> float:
-    model = load_model(run)
+    model = load_predictor(run)
     img, _ = decode_image(data, name)
     return float(model.predict_proba(fit_image(img, model.image_size, model.config.fit)[None])[0])
 
@@ -65,7 +65,7 @@ def test_predict_many_in_order(client, tiny_run: Path, hcd_files: list[Path]) ->
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert [p["id"] for p in preds] == [f.stem for f in files]
-    model = load_model(tiny_run)
+    model = load_predictor(tiny_run)
     batch = np.stack([decode_image(f.read_bytes(), f.name)[0] for f in files])
     np.testing.assert_allclose([p["probability"] for p in preds], model.predict_proba(batch), atol=1e-6)
     assert len({round(p["probability"], 9) for p in preds}) == len(files)  # real images, distinct outputs
@@ -250,7 +250,8 @@ def test_onnx_model_predicts_and_refuses_explain(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from histoscan.export.onnx import export_onnx, load_onnx_model
+    from histoscan.export.onnx import export_onnx
+    from histoscan.inference.onnx import OnnxPredictor
 
     monkeypatch.delenv("HISTOSCAN_API_KEY", raising=False)
     rng = np.random.default_rng(0)
@@ -270,7 +271,7 @@ def test_onnx_model_predicts_and_refuses_explain(
         preds = c.post("/v1/predict", files=_files(files)).json()["predictions"]
         batch = np.stack([decode_image(f.read_bytes(), f.name)[0] for f in files])
         np.testing.assert_allclose(
-            [p["probability"] for p in preds], load_onnx_model(onnx).predict_proba(batch), atol=1e-6
+            [p["probability"] for p in preds], OnnxPredictor(onnx).predict_proba(batch), atol=1e-6
         )
         r = c.post("/v1/explain", files={"file": (files[0].name, files[0].read_bytes())})
         assert r.status_code == 501 and r.json()["error"] == "explain_unavailable"

@@ -16,16 +16,15 @@ from run_fixtures import make_run
 
 from histoscan.cli import main
 from histoscan.errors import HistoscanInputError
-from histoscan.inference.predictor import load_model
+from histoscan.inference.predictor import Predictor, load_predictor
+from histoscan.slide.io import _signed_area, grid_rings, open_slide
 from histoscan.slide.mapping import (
     SlideOptions,
-    make_logits_fn,
     map_slide,
     plan_grid,
     stream_tiles,
     tissue_mask,
 )
-from histoscan.slide.io import _signed_area, grid_rings, open_slide
 
 PINK, PURPLE = (230, 150, 200), (120, 60, 160)
 
@@ -39,7 +38,7 @@ def run32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model32(run32: Path):
-    return load_model(run32)
+    return load_predictor(run32)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +46,20 @@ def slides(shared_data: Path) -> Path:
     return shared_data / "slides"
 
 
-def _darkness_logits(images: np.ndarray) -> np.ndarray:
-    """Known pattern: tiles darker than mid-grey are 'tumour' (logit +-6)."""
-    return np.where(images.reshape(len(images), -1).mean(1) < 170, 6.0, -6.0)
+class DarknessPredictor(Predictor):
+    """Known pattern: tiles darker than mid-grey are 'tumour' (logit +-6); the card of a real 32 px run."""
+
+    def __init__(self, card):
+        self.card = card
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        return np.where(images.reshape(len(images), -1).mean(1) < 170, 6.0, -6.0)
+
+
+@pytest.fixture(scope="module")
+def darkness(model32) -> DarknessPredictor:
+    return DarknessPredictor(model32.card)
 
 
 def _polygon_area(coords: list) -> float:
@@ -170,7 +180,7 @@ def test_stream_tiles_order_and_errors(slides: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cmu_map(model32, slides: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, list]:
+def cmu_map(darkness, slides: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, list]:
     """One map of cmu-1-small-region: the darkness pattern, --explain 3 (a recording explain_images)."""
     calls = []
 
@@ -180,10 +190,10 @@ def cmu_map(model32, slides: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     out = tmp_path_factory.mktemp("cmu") / "out"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "histoscan.explain.gradcam", types.SimpleNamespace(explain_images=explain_images))
-        s = map_slide(
-            model32, slides / "cmu-1-small-region.svs", out, SlideOptions(explain=3), _darkness_logits, False
+        mp.setitem(
+            sys.modules, "histoscan.explain.gradcam", types.SimpleNamespace(explain_images=explain_images)
         )
+        s = map_slide(darkness, slides / "cmu-1-small-region.svs", out, SlideOptions(explain=3), False)
     return s, out, calls
 
 
@@ -225,13 +235,13 @@ def test_map_slide_cmu_outputs_and_regions(cmu_map) -> None:
     assert s["slide_mpp"] == 0.499 and s["model_mpp"] == 4.0 and s["level"] == 0
 
 
-def test_map_slide_ring_with_hole(model32, tmp_path: Path) -> None:
+def test_map_slide_ring_with_hole(darkness, tmp_path: Path) -> None:
     # synthetic slide at 1 µm/px, tiles of 32 px at 4 µm/px = 128 px: a 3x3 ring of purple tiles, pink centre
     img = np.full((128 * 5, 128 * 5, 3), 240, np.uint8)
     img[128:512, 128:512] = PURPLE
     img[256:384, 256:384] = PINK
     _write_tiff(tmp_path / "ring.tif", img, 1.0, 128, levels=2)
-    s = map_slide(model32, tmp_path / "ring.tif", tmp_path / "out", SlideOptions(), _darkness_logits, False)
+    s = map_slide(darkness, tmp_path / "ring.tif", tmp_path / "out", SlideOptions(), False)
     [feat] = json.loads((tmp_path / "out" / "regions.geojson").read_text())["features"]
     outer, hole = feat["geometry"]["coordinates"]
     assert sorted(map(tuple, outer[:-1])) == [(128, 128), (128, 512), (512, 128), (512, 512)]
@@ -268,10 +278,9 @@ def test_explain_top_k(cmu_map) -> None:
     assert got == top and min(got) >= 0.5
 
 
-def test_onnx_backend_missing(model32, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "histoscan.export.onnx", None)
-    with pytest.raises(HistoscanInputError, match="--backend onnx"):
-        make_logits_fn(model32, "onnx")
+def test_onnx_backend_without_export(run32: Path) -> None:
+    with pytest.raises(HistoscanInputError, match="model.onnx: not found; create it with histoscan export"):
+        load_predictor(run32, "onnx")
 
 
 @pytest.fixture(scope="module")
@@ -337,12 +346,12 @@ def test_cli_model_without_mpp(tmp_path: Path, small_slide: Path, capsys) -> Non
     assert main(args + ["--model-mpp", "8", "--no-progress"]) == 0
 
 
-def test_map_slide_overlapping_stride_cells(model32, tmp_path: Path) -> None:
+def test_map_slide_overlapping_stride_cells(darkness, tmp_path: Path) -> None:
     img = np.full((128 * 5, 128 * 5, 3), 240, np.uint8)
     img[128:512, 128:384] = PURPLE
     _write_tiff(tmp_path / "s.tif", img, 1.0, 128)
     opts = SlideOptions(stride=16, min_tissue=0.5)  # 64 level-0 px steps; heatmap cells 64 px, tile-centred
-    s = map_slide(model32, tmp_path / "s.tif", tmp_path / "o", opts, _darkness_logits, False)
+    s = map_slide(darkness, tmp_path / "s.tif", tmp_path / "o", opts, False)
     assert s["stride_level0"] == 64 and s["grid"] == [9, 9]
     feats = json.loads((tmp_path / "o" / "regions.geojson").read_text())["features"]
     area = sum(_polygon_area(f["geometry"]["coordinates"]) for f in feats)

@@ -13,7 +13,7 @@ import torch
 from histoscan.cli import main
 from histoscan.config import TrainConfig
 from histoscan.data.store import prepare
-from histoscan.inference.predictor import load_model
+from histoscan.inference.predictor import load_predictor
 from histoscan.training.train import train
 
 
@@ -74,7 +74,7 @@ def test_end_to_end_run_folder(idc_store: Path, tmp_path: Path):
     thr = json.loads((run / "threshold.json").read_text())
     assert 0 < thr["threshold"] < 1 and thr["method"] == "youden"
     # the seam downstream stages use
-    model = load_model(run)
+    model = load_predictor(run)
     assert model.image_size == 50 and model.mpp == pytest.approx(4.0) and model.threshold == thr["threshold"]
     p = model.predict_proba(np.zeros((3, 50, 50, 3), np.uint8))
     assert p.shape == (3,) and ((p > 0) & (p < 1)).all()

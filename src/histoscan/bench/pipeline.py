@@ -23,8 +23,9 @@ from histoscan.data.augment import BatchAugment
 from histoscan.data.loader import StoreDataModule
 from histoscan.data.store import resolve_store
 from histoscan.errors import HistoscanInputError
-from histoscan.inference.predictor import PatchClassifier
 from histoscan.models import create_model
+from histoscan.models.classifier import PatchClassifier
+from histoscan.utils.device import torch_device
 
 
 def peak_rss_mb() -> float:
@@ -184,7 +185,7 @@ def run_bench(
     workers: int | None = None,
 ) -> dict:
     """Run (i) and (ii) in one process; returns the figures (images/s, ratios, peak RSS)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device("auto")
     workers = (os.cpu_count() or 1) if workers is None else workers
     pipes = make_pipelines(Path(data), size, batch_size, workers, device)
     result: dict = {

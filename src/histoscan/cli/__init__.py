@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except HistoscanInputError as e:
         print(f"histoscan {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C: 128 + SIGINT, and what was kept (histoscan.errors.Interrupted)
+        detail = f": {e}" if str(e) else ""
+        print(f"histoscan {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from histoscan.utils.paths import shared_data
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `bench` subcommand."""
     p = sub.add_parser("bench", help="throughput: packed store + batched augmentation vs seed-style loader")
-    p.add_argument(
-        "--data", default=str(shared_data() / "idc-breast"), help="labelled folder with labels.csv"
-    )
+    p.add_argument("--data", required=True, help="labelled source or STORE (e.g. ../shared/data/idc-breast)")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=30, help="timed batches for the input pipeline")

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "patients, pool the predictions into OUT/cv.json.",
     )
     add_train_options(p)
-    p.add_argument("--folds", type=int, default=5, help="number of grouped folds (default 5)")
+    p.add_argument("--folds", type=int, default=5, help="number of grouped folds, at least 2 (default 5)")
     p.add_argument(
         "--tta",
         type=int,

@@ -26,10 +26,13 @@ def add_inference_options(p: argparse.ArgumentParser, batch_size: int = 256) -> 
     )
     p.add_argument(
         "--backend",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="torch (CUDA when available) or onnx (ONNX Runtime on RUN/model.onnx or a .onnx file)",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="auto (from MODEL: .onnx -> ONNX Runtime, run/ckpt -> torch, CUDA when available), torch, or "
+        "onnx (RUN/model.onnx for a run folder)",
     )
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted and listed)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Score a trained model on labelled data: metrics.json, predictions.csv, "
         "roc/pr/confusion/calibration plots and a self-contained report.html.",
     )
-    p.add_argument("run", metavar="RUN_OR_CKPT", help="run folder or checkpoint")
+    p.add_argument("run", metavar="MODEL", help="run folder, checkpoint or .onnx export")
     p.add_argument(
         "--data", required=True, help="labelled source (PCam, Kaggle HCD, manifest, folders) or STORE"
     )
@@ -63,7 +66,9 @@ def _ci(m: dict, key: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the headline numbers."""
-    from histoscan.evaluation.evaluate import evaluate  # lazy: `histoscan --help` stays fast (torch, matplotlib)
+    from histoscan.evaluation.evaluate import (
+        evaluate,
+    )  # lazy: `histoscan --help` stays fast (torch, matplotlib)
 
     m = evaluate(
         args.run,
@@ -74,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
         target_sensitivity=args.target_sensitivity,
         backend=args.backend,
         n_boot=args.n_boot,
+        force=args.force,
+        skip_bad=args.skip_bad,
     )
     for note in m["notes"]:
         print(f"note: {note}")
     fmt = lambda k: "n/a" if m[k] is None else f"{m[k]:.3f}"  # noqa: E731
     print(
-        f"{m['n']} patches ({m['n_positive']} tumour, subset: {m['subset']}), threshold {m['threshold']:.3g}"
+        f"{m['n']} patches ({m['n_positive']} tumour, subset: {m['subset']}), {m['model']} via {m['backend']}, "
+        f"TTA {m['tta']} view(s), threshold {m['threshold']:.3g} ({m['threshold_source']})"
     )
     print(
         f"AUC {fmt('auc')}{_ci(m, 'auc')}  balanced accuracy {fmt('balanced_accuracy')}"

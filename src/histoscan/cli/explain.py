@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,50 +22,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--target-layer", metavar="NAME", help="network layer to explain (default: last conv stage)"
     )
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda[:N]")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder (replacing it)")
     p.set_defaults(func=run)
 
 
-def _image_files(items: list[str]) -> list[Path]:
-    from histoscan.data.images import is_image_file
-    from histoscan.errors import HistoscanInputError
-
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and is_image_file(f))
-            if not found:
-                raise HistoscanInputError(f"{p}: folder has no PNG/TIFF/JPEG images")
-            files += found
-        else:
-            files.append(p)  # decode_image names a missing or unreadable file
-    return files
-
-
-def _unique_ids(files: list[Path]) -> list[str]:
-    """File stems, with the parent folder prepended where stems repeat."""
-    stems = [f.stem for f in files]
-    return [f"{f.parent.name}_{f.stem}" if stems.count(f.stem) > 1 else f.stem for f in files]
-
-
 def run(args: argparse.Namespace) -> int:
-    """Decode and fit the images, explain them, print where the overlays went."""
-    import numpy as np
-    import torch
+    """Explain the images into --out (all or nothing) and print where the overlays went."""
+    from histoscan.data.images import collect_images
+    from histoscan.explain.gradcam import explain_files
 
-    from histoscan.data.images import decode_image, fit_image
-    from histoscan.explain.gradcam import explain_images
-    from histoscan.inference.predictor import load_model
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model(args.model, device)
-    files = _image_files(args.images)
-    images = np.stack(
-        [fit_image(decode_image(f, str(f))[0], loaded.image_size, loaded.config.fit) for f in files]
+    paths, predictor = explain_files(
+        args.model, collect_images(args.images), args.out, args.target_layer, args.device, args.force
     )
-    paths = explain_images(loaded, images, _unique_ids(files), args.out, target_layer=args.target_layer)
     print(
-        f"explained {len(paths)} image(s) with {loaded.model_name}; overlays, probabilities.csv in {args.out}"
+        f"explained {len(paths)} image(s) with {predictor.card.model}; overlays, probabilities.csv in {args.out}"
     )
     return 0

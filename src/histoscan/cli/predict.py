@@ -14,9 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="probabilities for unlabelled patches (CSV or Kaggle submission)",
         description="Predict tumour probabilities for every patch of DATA.",
     )
-    p.add_argument(
-        "run", metavar="RUN_OR_CKPT", help="run folder or checkpoint (or .onnx with --backend onnx)"
-    )
+    p.add_argument("run", metavar="MODEL", help="run folder, checkpoint or .onnx export")
     p.add_argument(
         "--data", required=True, help="image folder, Kaggle HCD test layout, PCam, manifest or STORE"
     )
@@ -44,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         backend=args.backend,
+        skip_bad=args.skip_bad,
+        force=args.force,
     )
+    if s["n_skipped"]:
+        listed = ", ".join(f"{k['source']} ({k['reason']})" for k in s["skipped"][:5])
+        more = f" and {s['n_skipped'] - 5} more" if s["n_skipped"] > 5 else ""
+        print(f"skipped {s['n_skipped']} unreadable image(s): {listed}{more}")
     print(
         f"{s['n']} patches -> {s['out']} ({s['format']}); {s['n_positive']} at or above threshold "
         f"{s['threshold']:.3g}; mean probability {s['mean_probability']:.3f}"

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Tile a whole slide at the model's patch resolution (µm/px), classify the tissue tiles "
         "and write heatmap.npy/.png, overlay.png, tiles.csv, regions.geojson (QuPath) and summary.json.",
     )
-    p.add_argument("run", metavar="RUN_OR_CKPT", help="run folder or checkpoint")
+    p.add_argument("run", metavar="MODEL", help="run folder, checkpoint or .onnx export")
     p.add_argument(
         "slide", metavar="SLIDE", help="slide file (.svs/.ndpi/.mrxs/.tif... via OpenSlide, or TIFF)"
     )
@@ -52,10 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=_D.min_tissue,
         help=f"tissue fraction to classify a tile ({_D.min_tissue})",
     )
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend")
     p.add_argument(
-        "--onnx", type=Path, default=None, help="ONNX model for --backend onnx (default RUN/model.onnx)"
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="auto (from MODEL), torch, or onnx (RUN/model.onnx for a run folder)",
     )
+    p.add_argument("--onnx", type=Path, default=None, help="run this ONNX export instead of MODEL's weights")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda[:N]")
     p.add_argument(
         "--reader", choices=["auto", "openslide", "tifffile"], default=_D.reader, help="slide reader (auto)"
@@ -71,11 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Map one slide; print where the outputs are and the headline numbers."""
-    import torch
-
     from histoscan.errors import HistoscanInputError
-    from histoscan.inference.predictor import load_model
-    from histoscan.slide.mapping import make_logits_fn, map_slide
+    from histoscan.inference.predictor import load_predictor
+    from histoscan.slide.mapping import map_slide
 
     for name in ("batch_size", "workers"):
         if getattr(args, name) < 1:
@@ -84,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
         raise HistoscanInputError(f"--min-tissue {args.min_tissue}: must be between 0 and 1")
     if args.explain < 0:
         raise HistoscanInputError(f"--explain {args.explain}: must be 0 or more")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = load_model(args.run, device)
+    if args.onnx is not None and not args.onnx.is_file():
+        raise HistoscanInputError(f"--onnx {args.onnx}: file not found")
+    predictor = load_predictor(args.onnx or args.run, "onnx" if args.onnx else args.backend, args.device)
     opts = SlideOptions(
         mpp=args.mpp,
         model_mpp=args.model_mpp,
@@ -99,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         reader=args.reader,
     )
-    fn = make_logits_fn(model, args.backend, args.batch_size, args.onnx)
-    s = map_slide(model, args.slide, args.out, opts, logits_fn=fn, progress=not args.no_progress)
+    s = map_slide(predictor, args.slide, args.out, opts, progress=not args.no_progress)
     print(
         f"{Path(args.slide).name}: {s['n_tissue_tiles']} tissue tiles of {s['n_tiles']} "
         f"(level {s['level']}, {s['tile_size_level0']:.0f} px at level 0), {s['n_tumour_tiles']} above "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 from histoscan.errors import HistoscanInputError
@@ -34,31 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run)
 
 
-def _image_files(paths: Sequence[str]) -> list[Path]:
-    from histoscan.data.images import is_image_file, list_images
-
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += list_images(p)
-        elif p.is_file() and is_image_file(p):
-            files.append(p)
-        else:
-            raise HistoscanInputError(f"{p}: not an image file (.png/.tif/.tiff/.jpg/.jpeg) or a folder")
-    if not files:
-        raise HistoscanInputError(f"{', '.join(paths)}: no image files found")
-    return files
-
-
 def _fit(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from histoscan.data.images import decode_image
-    from histoscan.stain.normalise import fit_stain, save_stain
+    from histoscan.data.images import collect_images, decode_image
+    from histoscan.stain import fit_stain, save_stain
 
     if args.max_images < 1:
         raise HistoscanInputError("--max-images: must be at least 1")
-    files = _image_files(args.images)
+    files = collect_images(args.images, recursive=True)
     if len(files) > args.max_images:
         pick = np.random.default_rng(args.seed).choice(len(files), args.max_images, replace=False)
         files = [files[i] for i in sorted(pick)]
@@ -80,11 +63,11 @@ def _apply(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from histoscan.data.images import decode_image
-    from histoscan.stain.normalise import load_stain, normaliser_from_config
+    from histoscan.data.images import collect_images, decode_image
+    from histoscan.stain import load_stain, normaliser_from_config
 
     norm = normaliser_from_config(load_stain(args.stain))
-    files, out = _image_files(args.images), Path(args.out)
+    files, out = collect_images(args.images, recursive=True), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
         for i in range(0, len(files), 256):  # batches of same-sized images through the batched normaliser

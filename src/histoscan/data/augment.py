@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histoscan.config import AUGMENT_OPS
 from histoscan.errors import HistoscanInputError
 
 # Written with plain torch ops: Kornia is the field's library for this, but it is not a dependency, and the
 # four ops below are a few lines each once the random parameters are drawn per sample.
-
-OPS = ("d4", "affine", "color", "hed")
 
 # Ruifrok & Johnston (2001) optical densities of haematoxylin, eosin and DAB (rows), normalised to unit
 # length; the same stain vectors as skimage.color.rgb_from_hed.
@@ -24,28 +23,6 @@ _RGB_FROM_HED = torch.tensor(
 _RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 _OD_EPS = 1e-6  # intensities are clamped here before -log (0 -> OD 13.8, no inf)
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 dihedral (D4) views of images whose last two dimensions are H x W.
-
-    Args:
-        x: tensor ... x H x W (for k with a 90° rotation, H must equal W to stack views).
-        k: 0..3 rotate by k * 90° counter-clockwise; 4..7 flip left-right, then rotate by (k - 4) * 90°.
-
-    Returns:
-        The view, same dtype and device (k=0 returns `x` itself).
-    """
-    if not 0 <= k < 8:
-        raise ValueError(f"dihedral view k must be in 0..7, got {k}")
-    if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
-
-
-def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """All 8 D4 views of `x` (... x H x W), in the order of :func:`dihedral` (view 0 is `x`)."""
-    return [dihedral(x, k) for k in range(8)]
 
 
 class BatchAugment(nn.Module):
@@ -60,7 +37,7 @@ class BatchAugment(nn.Module):
     are drawn on the CPU, so `torch.manual_seed(k)` gives the same augmentation on CPU and GPU.
 
     Args:
-        ops: names from OPS; empty: identity.
+        ops: names from histoscan.config.AUGMENT_OPS; empty: identity.
         rotation: affine rotation range in degrees, uniform in [-rotation, rotation] (Keras seed: 20).
         zoom: zoom factor uniform in [1 - zoom, 1 + zoom] (Keras seed: 0.2).
         shear: shear factor (tan of the shear angle) uniform in [-shear, shear]. The Keras seed's
@@ -73,7 +50,7 @@ class BatchAugment(nn.Module):
 
     def __init__(
         self,
-        ops: Sequence[str] = OPS,
+        ops: Sequence[str] = AUGMENT_OPS,
         *,
         rotation: float = 20.0,
         zoom: float = 0.2,
@@ -86,12 +63,12 @@ class BatchAugment(nn.Module):
         super().__init__()
         if isinstance(ops, str):
             ops = [o for o in ops.split(",") if o]
-        unknown = [o for o in ops if o not in OPS]
+        unknown = [o for o in ops if o not in AUGMENT_OPS]
         if unknown:
             raise HistoscanInputError(
-                f"augment: unknown op(s) {', '.join(unknown)} (choose from {', '.join(OPS)})"
+                f"augment: unknown op(s) {', '.join(unknown)} (choose from {', '.join(AUGMENT_OPS)})"
             )
-        self.ops = [o for o in OPS if o in ops]
+        self.ops = [o for o in AUGMENT_OPS if o in ops]
         self.rotation, self.zoom, self.shear = rotation, zoom, shear
         self.brightness, self.contrast, self.hed_sigma = brightness, contrast, hed_sigma
         self.generator = generator

@@ -1,20 +1,14 @@
-"""PCam download from Zenodo: resumable transfer, streaming gunzip, md5 checks, clear offline errors."""
+"""PCam download from Zenodo: the file table with published md5s, streaming gunzip, verification, and the
+record of verified files. The HTTP transfer itself (resume, retries, offline errors) is in fetch.py."""
 
 from __future__ import annotations
 
 import errno
 import gzip
 import hashlib
-import http.client
 import json
 import logging
 import os
-import re
-import shutil
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,7 +17,7 @@ from typing import BinaryIO, Literal, NoReturn
 
 from tqdm import tqdm
 
-from histoscan import __version__
+from histoscan.data.fetch import CHUNK, HostUnreachable, RemoteMissing, download_file, progress_bar
 from histoscan.errors import HistoscanInputError
 
 log = logging.getLogger(__name__)
@@ -35,7 +29,6 @@ ZENODO_RECORD = "https://zenodo.org/records/2546921"
 # is taken as a folder URL and the name is appended.
 DEFAULT_URL = ZENODO_RECORD + "/files/{name}?download=1"
 URL_ENV = "HISTOSCAN_PCAM_URL"
-CHUNK = 1 << 20
 RECORD = ".pcam-verified.json"  # sizes/mtimes of files already verified, so reruns skip re-hashing GBs
 
 
@@ -95,18 +88,6 @@ class FileResult:
     name: str
     path: Path
     action: str
-
-
-class HostUnreachable(HistoscanInputError):
-    """The host could not be reached (offline, DNS failure, refused, timeout) before any byte arrived."""
-
-
-class RemoteMissing(HistoscanInputError):
-    """The server answered but has no such file (HTTP 4xx)."""
-
-
-class _Interrupted(Exception):
-    """The transfer broke off after it started; resuming may help."""
 
 
 def download_pcam(
@@ -208,14 +189,6 @@ class _Ctx:
         os.replace(tmp, self.out / RECORD)
 
 
-_BYTES = {"unit": "B", "unit_scale": True, "unit_divisor": 1024, "leave": False}
-
-
-def _bar(progress: bool, total: int | None, desc: str, initial: int = 0) -> tqdm:
-    """A bytes progress bar; shown on a terminal only (tqdm's disable=None)."""
-    return tqdm(total=total, initial=initial, desc=desc, disable=None if progress else True, **_BYTES)
-
-
 def _stamp(path: Path, md5: str | None) -> dict:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": md5}
@@ -266,103 +239,6 @@ def _verify_plain(ctx: _Ctx, f: RemoteFile, path: Path) -> None:
     ctx.mark(path, f.md5)
 
 
-def download_file(
-    url: str, dest: Path, *, timeout: float = 10.0, retries: int = 3, progress: bool = True
-) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file with an HTTP Range request.
-
-    A server that ignores Range (answers 200) restarts the file from byte 0. A transfer that breaks off is
-    resumed up to ``retries`` times; the ``.part`` file is kept for a later run when it still fails.
-
-    Raises:
-        HostUnreachable: no connection could be made (offline, DNS failure, refused, timeout).
-        RemoteMissing: the server has no such file.
-        HistoscanInputError: the transfer kept breaking off, or the disk is full.
-    """
-    part = dest.with_name(dest.name + ".part")
-    failures = 0
-    while True:
-        try:
-            _fetch_once(url, part, timeout, progress)
-            break
-        except _Interrupted as e:
-            failures += 1
-            if failures > retries:
-                raise HistoscanInputError(
-                    f"{url}: transfer broke off {failures} times ({e}); {part} is kept and running the "
-                    f"command again resumes it"
-                ) from None
-            log.warning("%s: transfer broke off (%s); resuming (%d/%d)", dest.name, e, failures, retries)
-            time.sleep(min(2.0**failures, 10.0) * 0.25)
-    os.replace(part, dest)
-    return dest
-
-
-def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
-    headers = {"User-Agent": f"histoscan/{__version__}", "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416:
-            return e  # type: ignore[return-value]  # handled by the caller (part already complete?)
-        if 400 <= e.code < 500:
-            raise RemoteMissing(f"server answered HTTP {e.code} {e.reason}") from None
-        raise _Interrupted(f"HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        reason = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
-        raise HostUnreachable(f"{urllib.parse.urlsplit(url).netloc}: {reason}") from None
-    except (OSError, http.client.HTTPException) as e:  # connected, then no proper answer: worth a retry
-        raise _Interrupted(str(e) or type(e).__name__) from None
-
-
-def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
-    offset = part.stat().st_size if part.is_file() else 0
-    resp = _open(url, offset, timeout)
-    with resp:
-        total = _content_total(resp.headers)
-        if resp.status == 416:  # nothing after `offset`: the part is complete when its size is the total
-            if total is not None and total == offset:
-                return
-            part.unlink()
-            raise _Interrupted("server refused the resume range; restarting from 0")
-        if offset and resp.status != 206:
-            log.info("%s: server ignored the Range request; restarting from byte 0", part.name)
-            offset = 0
-        elif offset and not (resp.headers.get("Content-Range") or "").startswith(f"bytes {offset}-"):
-            part.unlink()
-            raise _Interrupted(f"unexpected Content-Range {resp.headers.get('Content-Range')!r}")
-        length = resp.headers.get("Content-Length")
-        expected = offset + int(length) if length and length.isdigit() else total
-        if (need := (expected or 0) - offset) > (free := shutil.disk_usage(part.parent).free):
-            raise HistoscanInputError(
-                f"{part.parent}: not enough free disk space for {part.name[:-5]} "
-                f"({need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free)"
-            )
-        done = offset
-        with (
-            open(part, "ab" if offset else "wb") as fh,
-            _bar(progress, expected, part.name[:-5], offset) as bar,
-        ):
-            try:
-                while chunk := resp.read(CHUNK):
-                    fh.write(chunk)
-                    done += len(chunk)
-                    bar.update(len(chunk))
-            except (TimeoutError, OSError, http.client.HTTPException) as e:
-                if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                    raise HistoscanInputError(f"{part.parent}: disk full while writing {part.name}") from None
-                raise _Interrupted(str(e) or type(e).__name__) from None
-    if expected is not None and done != expected:  # http.client returns b"" on an early close, not an error
-        raise _Interrupted(f"got {done} of {expected} bytes")
-
-
-def _content_total(headers: http.client.HTTPMessage) -> int | None:
-    m = re.match(r"bytes (?:\d+-\d+|\*)/(\d+)", headers.get("Content-Range") or "")
-    return int(m.group(1)) if m else None
-
-
 class _HashingReader:
     """Read-through wrapper that hashes and counts every byte read (gzip reads its input exactly once)."""
 
@@ -380,7 +256,7 @@ def _gunzip(ctx: _Ctx, f: RemoteFile, gz: Path, path: Path) -> None:
     """Stream-decompress ``gz`` to ``path`` in one pass, checking md5 of both; bad files are quarantined."""
     tmp = path.with_name(path.name + ".part")
     out_md5, error = hashlib.md5(), None
-    with open(gz, "rb") as raw, _bar(ctx.progress, gz.stat().st_size, f"gunzip {gz.name}") as bar:
+    with open(gz, "rb") as raw, progress_bar(ctx.progress, gz.stat().st_size, f"gunzip {gz.name}") as bar:
         src = _HashingReader(raw, bar)
         try:
             with gzip.GzipFile(fileobj=src, mode="rb") as zf, open(tmp, "wb") as fh:  # type: ignore[arg-type]
@@ -408,7 +284,7 @@ def _gunzip(ctx: _Ctx, f: RemoteFile, gz: Path, path: Path) -> None:
 
 def _md5_file(ctx: _Ctx, path: Path) -> str:
     md5 = hashlib.md5()
-    with open(path, "rb") as fh, _bar(ctx.progress, path.stat().st_size, f"md5 {path.name}") as bar:
+    with open(path, "rb") as fh, progress_bar(ctx.progress, path.stat().st_size, f"md5 {path.name}") as bar:
         while chunk := fh.read(CHUNK):
             md5.update(chunk)
             bar.update(len(chunk))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -26,15 +27,36 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, in sorted order, skipping hidden files and folders."""
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files in `folder` (and, if `recursive`, its subfolders) in sorted order, skipping hidden files
+    and folders."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
         out.extend(
             Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and is_image_file(Path(f))
         )
     return out
+
+
+def collect_images(items: Sequence[str | Path], recursive: bool = False) -> list[Path]:
+    """The image files named on a command line: files kept as given (the decoder names a missing or
+    unreadable one), folders expanded to their PNG/TIFF/JPEG images in sorted order (see `list_images`).
+
+    Raises:
+        HistoscanInputError: a folder holds no images (naming the folder).
+    """
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p, recursive)
+            if not found:
+                raise HistoscanInputError(f"{p}: folder has no PNG/TIFF/JPEG images")
+            files += found
+        else:
+            files.append(p)
+    return files
 
 
 def _read(src: Path | bytes, name: str) -> bytes:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from histoscan.data.base import PCAM_MPP, Batch, Part, Source
 from histoscan.data.images import Fit, fit_image
-from histoscan.data.sources import PCAM_MPP, Batch, Part, Source
 from histoscan.errors import HistoscanInputError
 
 _PCAM_X = re.compile(r"^camelyonpatch_level_2_split_(train|valid|test)_x\.h5$")

@@ -1,126 +1,25 @@
-"""Patch sources (Kaggle HCD, manifest CSV, class folders, image folders, PCam via pcam.py): detection."""
+"""File-backed patch sources: manifest CSV, class folders, Kaggle HCD, plain image folders or files."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from histoscan.data.images import Fit, image_size, is_image_file, list_images, load_patch
+from histoscan.data.base import PCAM_MPP, Batch, Item, Part, Source, parse_label
+from histoscan.data.images import Fit, image_size, list_images, load_patch
 from histoscan.errors import HistoscanInputError
 
-Part = Literal["auto", "labelled", "unlabelled"]
-PCAM_MPP = 0.972  # PCam and Kaggle HCD: Camelyon16 level 2 (10x)
 IDC_MPP = 4.0  # IDC breast patches (Janowczyk & Madabhushi 2016): 2.5x, ~4 µm/px
 _IDC_NAME = re.compile(r"^\d+_idx5_x\d+_y\d+_class[01]\.png$")
 
-# Accepted label spellings (folder names and CSV values), compared lower-case with "_"/" " read as "-".
-NEGATIVE_NAMES = frozenset(
-    "0 normal negative neg benign healthy non-tumor non-tumour nontumor nontumour no-tumor no-tumour "
-    "class0 class-0 idc-negative".split()
-)
-POSITIVE_NAMES = frozenset(
-    "1 tumor tumour positive pos malignant cancer carcinoma metastasis metastatic class1 class-1 "
-    "idc-positive".split()
-)
 GROUP_COLUMNS = ("group", "patient", "slide", "wsi", "case")
-
-
-def parse_label(value: str) -> int | None:
-    """0/1 for an accepted label spelling (see NEGATIVE_NAMES / POSITIVE_NAMES), else None."""
-    v = value.strip().lower().replace("_", "-").replace(" ", "-")
-    if v in NEGATIVE_NAMES or v == "0.0":
-        return 0
-    if v in POSITIVE_NAMES or v == "1.0":
-        return 1
-    return None
-
-
-def fingerprint(paths: Sequence[Path], extra: str = "") -> str:
-    """Fast checksum of inputs: sha256 of each path, size and mtime (missing files count too) plus `extra`."""
-    h = hashlib.sha256()
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}\tmissing\n".encode())
-    h.update(extra.encode())
-    return h.hexdigest()
-
-
-@dataclass
-class Batch:
-    """Decoded, fitted patches ready to pack, with their index rows and what happened on the way."""
-
-    images: np.ndarray  # k x S x S x 3 uint8
-    ids: list[str]
-    labels: list[int]
-    groups: list[str]
-    sources: list[str]
-    splits: list[str]
-    notes: Counter[str] = field(default_factory=Counter)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-
-class Source:
-    """A detected dataset. Subclasses set the attributes and implement `__len__`, `inputs` and `batches`.
-
-    Attributes:
-        kind: "pcam", "kaggle-hcd", "manifest", "folders", "images" or "store".
-        path: the path the user gave.
-        part: the part selected ("labelled" or "unlabelled"; "all" when the source has only one).
-        mpp: µm per pixel when known.
-        native_size: the size patches of this format have (96 for PCam/HCD), else None.
-    """
-
-    kind: str = ""
-    path: Path
-    part: str = "all"
-    mpp: float | None = None
-    native_size: int | None = None
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def labelled(self) -> bool:
-        """Whether every patch of the selected part has a 0/1 label."""
-        raise NotImplementedError
-
-    def inputs(self) -> list[Path]:
-        """Every file the source reads (for the inputs checksum)."""
-        raise NotImplementedError
-
-    def sizes(self) -> Counter[tuple[int, int]]:
-        """How many patches have each (height, width)."""
-        return Counter({(self.native_size, self.native_size): len(self)}) if self.native_size else Counter()
-
-    def batches(self, size: int, fit: Fit, skip_bad: bool, batch_size: int = 1024) -> Iterator[Batch]:
-        """Decode and fit every patch, in order, `batch_size` at a time."""
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image file of a file-backed source."""
-
-    id: str
-    label: int  # -1: unlabelled
-    group: str
-    path: Path
-    source: str  # as written to index.csv (path relative to the dataset root)
-    listed_in: str = ""  # the CSV that lists this file, for "listed but absent" messages
-    split: str = ""
 
 
 def _unique_ids(items: list[tuple[Path, str]]) -> list[str]:
@@ -275,7 +174,7 @@ def _subdirs(p: Path) -> list[Path]:
     )
 
 
-def _class_folders(root: Path, part: Part) -> FileSource | None:
+def read_class_folders(root: Path, part: Part) -> FileSource | None:
     """ROOT/<label>/* or ROOT/<group>/<label>/*, label folders named as `parse_label` accepts."""
     subs = _subdirs(root)
     if not subs:
@@ -309,7 +208,13 @@ def _class_folders(root: Path, part: Part) -> FileSource | None:
     return _select("folders", root, items, part, mpp=IDC_MPP if idc else None)
 
 
-def _image_folder(root: Path, part: Part) -> FileSource:
+def read_image_file(path: Path, part: Part) -> FileSource:
+    """One image file as an unlabelled source of one patch."""
+    return _select("images", path, [Item(path.stem, -1, "", path, path.name)], part)
+
+
+def read_image_folder(root: Path, part: Part) -> FileSource:
+    """Every PNG/TIFF/JPEG file under `root` (recursively), unlabelled."""
     files = list_images(root)
     entries = [(f, f.relative_to(root).as_posix()) for f in files]
     items = [Item(i, -1, "", p, rel) for i, (p, rel) in zip(_unique_ids(entries), entries, strict=True)]
@@ -320,7 +225,7 @@ def _image_folder(root: Path, part: Part) -> FileSource:
     return _select("images", root, items, part)
 
 
-def _kaggle_hcd(root: Path, part: Part) -> FileSource | None:
+def read_kaggle_hcd(root: Path, part: Part) -> FileSource | None:
     """Kaggle HCD: train/ + train_labels.csv (labelled); test/ (or the folder) + sample_submission.csv."""
     labels_csv, sub_csv = root / "train_labels.csv", root / "sample_submission.csv"
     if not labels_csv.is_file() and not sub_csv.is_file():
@@ -357,66 +262,3 @@ def _kaggle_hcd(root: Path, part: Part) -> FileSource | None:
         "kaggle-hcd", root, items, [csv_path], "labelled" if use_train else "unlabelled", PCAM_MPP, 96
     )
     return src
-
-
-def detect_source(path: str | Path, part: Part = "auto") -> Source:
-    """Recognise the dataset at `path` and select its part.
-
-    Recognised: a prepared store (meta.json + index.csv + images.npy); PCam HDF5 (a folder with any of
-    camelyonpatch_level_2_split_{train,valid,test}_x.h5, or one _x.h5 file); Kaggle HCD (train/ +
-    train_labels.csv and/or test/ or .tif files + sample_submission.csv); a manifest CSV (path,label[,group]),
-    or a folder holding labels.csv/manifest.csv; class folders ROOT/<label>/* or ROOT/<group>/<label>/*;
-    any other folder of PNG/TIFF/JPEG files (unlabelled); a single image file.
-
-    Args:
-        path: file or folder.
-        part: "labelled" (error when there are no labels), "unlabelled" (the unlabelled part where a source
-            has one, e.g. Kaggle HCD test/, else everything) or "auto" (the labelled part when there is one,
-            else everything).
-
-    Raises:
-        HistoscanInputError: missing path, unknown format, empty dataset or malformed labels.
-    """
-    from histoscan.data import store  # lazy: store imports this module
-    from histoscan.data.pcam import PCamSource  # lazy: pcam imports this module
-
-    p = Path(path).expanduser()
-    if part not in ("auto", "labelled", "unlabelled"):
-        raise HistoscanInputError(f"--part: unknown value {part!r} (use auto, labelled or unlabelled)")
-    if not p.exists():
-        raise HistoscanInputError(f"{p}: no such file or folder")
-    if p.is_file():
-        name = p.name.lower()
-        if name.endswith(".gz"):
-            raise HistoscanInputError(
-                f"{p}: gzip-compressed; decompress it first (gunzip -k) or use histoscan download"
-            )
-        if name.endswith((".h5", ".hdf5")):
-            return PCamSource.from_file(p, part)
-        if name.endswith(".csv"):
-            return read_manifest(p, part)
-        if p.name in ("meta.json", "index.csv", "images.npy") and store.is_store(p.parent):
-            return store.StoreSource(p.parent, part)
-        if is_image_file(p):
-            return _select("images", p, [Item(p.stem, -1, "", p, p.name)], part)
-        raise HistoscanInputError(
-            f"{p}: unknown format (expected a folder, .h5, .csv or PNG/TIFF/JPEG image)"
-        )
-    if store.is_store(p):
-        return store.StoreSource(p, part)
-    found = PCamSource.from_folder(p, part)
-    if found is not None:
-        return found
-    hcd = _kaggle_hcd(p, part)
-    if hcd is not None:
-        return hcd
-    for name in ("labels.csv", "manifest.csv"):
-        if (p / name).is_file():
-            return read_manifest(p / name, part)
-    for c in sorted(p.glob("*.csv")):
-        with open(c, newline="", encoding="utf-8-sig", errors="replace") as f:
-            head = {h.strip() for h in next(csv.reader(f), [])}
-        if {"path", "label"} <= head:
-            return read_manifest(c, part)
-    folders = _class_folders(p, part)
-    return folders if folders is not None else _image_folder(p, part)

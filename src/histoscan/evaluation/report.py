@@ -23,6 +23,7 @@ from histoscan.evaluation.plots import (
     plot_roc,
     read_training_curves,
 )
+from histoscan.run import RunDir
 
 GRID = 16  # thumbnails per error grid
 METRIC_ROWS = [
@@ -64,9 +65,7 @@ def _thumb(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def write_figures(
-    out_dir: Path, y: np.ndarray, p: np.ndarray, m: dict[str, Any], run_dir: Path | None
-) -> dict:
+def write_figures(out_dir: Path, y: np.ndarray, p: np.ndarray, m: dict[str, Any], run: RunDir | None) -> dict:
     """Write roc.png, pr.png, confusion.png, calibration.png and (with RUN/metrics.csv) curves.png."""
     figs = {
         "roc": plot_roc(y, p, m, out_dir / "roc.png"),
@@ -74,7 +73,7 @@ def write_figures(
         "confusion": plot_confusion(m, out_dir / "confusion.png"),
         "calibration": plot_calibration(y, p, m, out_dir / "calibration.png"),
     }
-    curves = read_training_curves(run_dir / "metrics.csv") if run_dir is not None else None
+    curves = read_training_curves(run.metrics_path) if run is not None else None
     if curves:
         figs["curves"] = plot_curves(curves, out_dir / "curves.png")
     return figs

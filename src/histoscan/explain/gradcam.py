@@ -10,18 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.visualize import GradCAM
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from histoscan.errors import HistoscanInputError
-from histoscan.inference.predictor import LoadedModel, PatchClassifier
+from histoscan.explain.render import render_overlay
+from histoscan.inference.predictor import Predictor, TorchPredictor
 from histoscan.models import target_layer_name
-
-PANEL_PX = (
-    256  # overlays are upscaled by an integer factor to at least this side, so 50-96 px patches are visible
-)
-LABELS = ("normal", "tumour")
-_HEAT_ALPHA = 0.45
+from histoscan.models.classifier import PatchClassifier
+from histoscan.utils.fs import staged_folder
 
 
 class _SignedLogits(nn.Module):
@@ -145,73 +141,21 @@ def gradcam(
     return maps, probs
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow built without FreeType: bitmap font, fixed size
-        return ImageFont.load_default()
-
-
-def _heat_rgb(cam: np.ndarray) -> np.ndarray:
-    from matplotlib import colormaps  # the colormap only; no pyplot state
-
-    return (colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
-
-
-def render_overlay(
-    image: np.ndarray, cam: np.ndarray, probability: float, threshold: float, title: str
-) -> Image.Image:
-    """Side-by-side figure: the patch and its Grad-CAM overlay, upscaled, with prediction and colour bar.
-
-    Args:
-        image: uint8 H x W x 3 patch as the model saw it.
-        cam: float H x W map in [0, 1].
-        probability: tumour probability.
-        threshold: decision threshold of the run.
-        title: first caption line (usually the image id).
-
-    Returns:
-        An RGB PIL image.
-    """
-    h, w = image.shape[:2]
-    scale = max(1, -(-PANEL_PX // max(h, w)))
-    size = (w * scale, h * scale)
-    patch = Image.fromarray(image).resize(size, Image.Resampling.NEAREST)  # nearest: show the real pixels
-    cam_big = np.asarray(
-        Image.fromarray(cam.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
-    )
-    overlay = Image.blend(patch, Image.fromarray(_heat_rgb(cam_big)), _HEAT_ALPHA)
-
-    pad, font, small = 8, _font(14), _font(11)
-    label = LABELS[int(probability >= threshold)]
-    lines = [title, f"P(tumour) = {probability:.3f}   predicted: {label} (threshold {threshold:.2f})"]
-    text_h = 2 * 18
-    bar_h = 10
-    canvas = Image.new("RGB", (2 * size[0] + 3 * pad, text_h + size[1] + bar_h + 22 + 3 * pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((pad, pad + i * 18), line, fill="black", font=font)
-    top = 2 * pad + text_h
-    canvas.paste(patch, (pad, top))
-    canvas.paste(overlay, (2 * pad + size[0], top))
-    draw.text((pad, top + size[1] + 2), "patch", fill="black", font=small)
-    # colour bar under the overlay: what the heat colours mean
-    bar_top = top + size[1] + pad + 6
-    ramp = _heat_rgb(np.linspace(0.0, 1.0, size[0])[None, :].repeat(bar_h, 0))
-    canvas.paste(Image.fromarray(ramp), (2 * pad + size[0], bar_top))
-    draw.text(
-        (2 * pad + size[0], bar_top + bar_h + 1), f"Grad-CAM for '{label}': 0", fill="black", font=small
-    )
-    draw.text((2 * pad + 2 * size[0] - 8, bar_top + bar_h + 1), "1", fill="black", font=small)
-    return canvas
-
-
 def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._") or "image"
 
 
+def require_torch(predictor: Predictor) -> TorchPredictor:
+    """The predictor itself when Grad-CAM can run on it (PyTorch); an ONNX export cannot be explained."""
+    if not isinstance(predictor, TorchPredictor):
+        raise HistoscanInputError(
+            f"{predictor.card.source}: Grad-CAM needs the PyTorch model (run folder or .ckpt), not an ONNX export"
+        )
+    return predictor
+
+
 def explain_images(
-    loaded: LoadedModel,
+    predictor: Predictor,
     images: np.ndarray,
     ids: list[str],
     out_dir: str | Path,
@@ -221,8 +165,8 @@ def explain_images(
     """Write `<id>_gradcam.png` per image, probabilities.csv (id,probability,label) and gradcam.npz.
 
     Args:
-        loaded: model from :func:`histoscan.inference.predictor.load_model`.
-        images: uint8 N x S x S x 3, already fitted to `loaded.image_size`.
+        predictor: a PyTorch predictor (:func:`histoscan.inference.predictor.load_predictor`).
+        images: uint8 N x S x S x 3, already fitted to the model's image size.
         ids: one id per image (file names are made safe; ids must be unique).
         out_dir: folder to write into (created).
         target_layer: layer of the network to explain (default: the model's last convolutional stage).
@@ -237,28 +181,62 @@ def explain_images(
     names = [_safe_name(i) for i in ids]
     if len(set(names)) != len(names):
         raise HistoscanInputError("ids: not unique (after making them file-name safe)")
-    net = loaded.classifier.net
-    layer = target_layer or target_layer_name(loaded.config.model, net)
-    check_target_layer(net, layer, loaded.image_size, loaded.config.model)
-    maps, probs = gradcam(loaded.classifier, images, layer, loaded.threshold, batch_size)
+    predictor = require_torch(predictor)
+    card = predictor.card
+    net = predictor.classifier.net
+    layer = target_layer or target_layer_name(card.model, net)
+    check_target_layer(net, layer, card.image_size, card.model)
+    maps, probs = gradcam(predictor.classifier, images, layer, card.threshold, batch_size)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for img, cam, p, i, name in zip(images, maps, probs, ids, names, strict=True):
         path = out / f"{name}_gradcam.png"
-        render_overlay(img, cam, float(p), loaded.threshold, i).save(path)
+        render_overlay(img, cam, float(p), card.threshold, i).save(path)
         paths.append(path)
     with open(out / "probabilities.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "probability", "label"])
-        writer.writerows([i, f"{p:.6f}", int(p >= loaded.threshold)] for i, p in zip(ids, probs, strict=True))
+        writer.writerows([i, f"{p:.6f}", int(p >= card.threshold)] for i, p in zip(ids, probs, strict=True))
     np.savez_compressed(
         out / "gradcam.npz",
         ids=np.asarray(ids),
         maps=maps.astype(np.float16),
         probabilities=probs,
         target_layer=layer,
-        threshold=loaded.threshold,
+        threshold=card.threshold,
     )
     return paths
+
+
+def explain_files(
+    model: str | Path,
+    files: list[Path],
+    out: str | Path,
+    target_layer: str | None = None,
+    device: str | None = "auto",
+    force: bool = False,
+) -> tuple[list[Path], TorchPredictor]:
+    """`histoscan explain`: decode and fit image files as in training, explain them into `out` (all or nothing).
+
+    Returns:
+        (overlay paths in `out`, the predictor used).
+    """
+    from histoscan.data.images import decode_image, fit_image  # lazy: image codecs
+    from histoscan.inference.predictor import load_predictor
+
+    predictor = require_torch(load_predictor(model, "torch", device))
+    card = predictor.card
+    images = np.stack([fit_image(decode_image(f, str(f))[0], card.image_size, card.fit) for f in files])
+    ids = _unique_ids(files)
+    dest = Path(out)
+    with staged_folder(dest, force) as tmp:
+        paths = explain_images(predictor, images, ids, tmp, target_layer=target_layer)
+    return [dest / p.name for p in paths], predictor
+
+
+def _unique_ids(files: list[Path]) -> list[str]:
+    """File stems, with the parent folder prepended where stems repeat."""
+    stems = [f.stem for f in files]
+    return [f"{f.parent.name}_{f.stem}" if stems.count(f.stem) > 1 else f.stem for f in files]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,16 +17,18 @@ import torch
 from torch import nn
 
 from histoscan import __version__
-from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
-from histoscan.inference.predictor import LoadedModel, load_model
-from histoscan.utils.paths import shared_data
+from histoscan.inference.onnx import INPUT_NAME, OUTPUT_NAMES, OnnxPredictor, read_metadata
+from histoscan.inference.predictor import TorchPredictor, load_torch_predictor
+from histoscan.run import RunDir
+from histoscan.utils.fs import atomic_path, guard_output
+
+__all__ = ["ParityError", "export_onnx", "read_metadata"]
 
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4  # max |logit_torch - logit_ort| accepted, fp32
 PARITY_IMAGES = 64
-INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probabilities")
 MIN_OPSET = 11
 TORCHSCRIPT_MAX_OPSET = (
     20  # the legacy exporter's ceiling in torch 2.13 (ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
@@ -42,9 +42,9 @@ class ParityError(RuntimeError):
 class _Exported(nn.Module):
     """uint8 N x S x S x 3 RGB -> (logits (N,), tumour probabilities (N,)); preprocessing included."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, predictor: TorchPredictor):
         super().__init__()
-        self.classifier = loaded.classifier
+        self.classifier = predictor.classifier
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.classifier(images)
@@ -104,32 +104,36 @@ def _torch_onnx_export(model: nn.Module, dummy: torch.Tensor, path: Path, opset:
         )
 
 
-def _training_data_summary(loaded: LoadedModel) -> str:
+def _training_data_summary(predictor: TorchPredictor) -> str:
     """JSON: the configured data path plus RUN/data.json (store, checksum, counts) when the run has one."""
-    summary: dict[str, Any] = {"data": loaded.config.data}
-    if loaded.run_dir is not None and (loaded.run_dir / "data.json").is_file():
+    card = predictor.card
+    summary: dict[str, Any] = {"data": card.config.data if card.config else ""}
+    if card.run_dir is not None:
         try:
-            summary.update(json.loads((loaded.run_dir / "data.json").read_text()))
-        except json.JSONDecodeError:
-            log.warning("%s: not valid JSON; left out of the ONNX metadata", loaded.run_dir / "data.json")
+            summary.update(RunDir(card.run_dir).read_data())
+        except HistoscanInputError as e:
+            log.warning("%s; left out of the ONNX metadata", e)
     return json.dumps(summary, sort_keys=True, default=str)
 
 
-def _metadata(loaded: LoadedModel, opset: int, parity: float, parity_source: str) -> dict[str, str]:
-    c = loaded.config
+def _metadata(predictor: TorchPredictor, opset: int, parity: float, parity_source: str) -> dict[str, str]:
+    card = predictor.card
+    s = card.image_size
     return {
         "histoscan_version": __version__,
-        "model": c.model,
-        "image_size": str(loaded.image_size),
-        "mpp": "" if loaded.mpp is None else str(loaded.mpp),
-        "threshold": repr(float(loaded.threshold)),
-        "fit": c.fit,
-        "stain": _stain_method(loaded),
-        "input": f"{INPUT_NAME}: uint8 N x {loaded.image_size} x {loaded.image_size} x 3 RGB 0..255",
+        "model": card.model,
+        "image_size": str(s),
+        "mpp": "" if card.mpp is None else str(card.mpp),
+        "threshold": repr(float(card.threshold)),
+        "threshold_source": card.threshold_source,
+        "fit": card.fit,
+        "stain": card.stain,
+        "normalisation": card.normalisation,
+        "input": f"{INPUT_NAME}: uint8 N x {s} x {s} x 3 RGB 0..255",
         "outputs": "logits: (N,) tumour logit; probabilities: (N,) sigmoid(logit)",
-        "training_data": _training_data_summary(loaded),
-        "config": json.dumps(c.to_dict(), default=str),
-        "checkpoint": str(loaded.checkpoint),
+        "training_data": _training_data_summary(predictor),
+        "config": json.dumps(card.config.to_dict() if card.config else {}, default=str),
+        "checkpoint": card.weights,
         "opset": str(opset),
         "parity_max_abs_logit_diff": f"{parity:.3g}",
         "parity_images": parity_source,
@@ -137,24 +141,27 @@ def _metadata(loaded: LoadedModel, opset: int, parity: float, parity_source: str
     }
 
 
-def _shared_patches(size: int, fit: str, n: int) -> np.ndarray | None:
-    """Up to `n` real idc-breast patches (both classes, fitted to `size`), or None without shared data."""
-    from histoscan.data.images import decode_image, fit_image  # lazy: export needs no image codecs otherwise
+def _run_patches(predictor: TorchPredictor, n: int) -> np.ndarray | None:
+    """Up to `n` real patches of the run's own training store (both classes when labelled), else None."""
+    from histoscan.data.store import PatchStore  # lazy: export needs no store otherwise
 
-    labels = shared_data() / "idc-breast" / "labels.csv"
-    if not labels.is_file():
+    card = predictor.card
+    info = RunDir(card.run_dir).read_data() if card.run_dir else {}
+    if not info.get("store"):
         return None
-    with open(labels, newline="") as f:
-        rows = list(csv.DictReader(f))
-    picked = [r for r in rows if r["label"] == "1"][: n // 2] + [r for r in rows if r["label"] == "0"][
-        : n - n // 2
-    ]
-    imgs = [fit_image(decode_image(labels.parent / r["path"], r["path"])[0], size, fit) for r in picked]
-    return np.stack(imgs) if imgs else None
+    try:
+        store = PatchStore.open(info["store"])
+    except HistoscanInputError:
+        return None
+    if store.size != card.image_size or len(store) == 0:
+        return None
+    pos, neg = np.flatnonzero(store.labels == 1), np.flatnonzero(store.labels != 1)
+    rows = np.sort(np.concatenate([pos[: n // 2], neg[: n - min(len(pos), n // 2)]]))[:n]
+    return np.ascontiguousarray(store.images[rows])
 
 
-def _check_images(loaded: LoadedModel, images: np.ndarray | None) -> tuple[np.ndarray, str]:
-    s = loaded.image_size
+def _check_images(predictor: TorchPredictor, images: np.ndarray | None) -> tuple[np.ndarray, str]:
+    s = predictor.card.image_size
     if images is not None:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
@@ -162,17 +169,17 @@ def _check_images(loaded: LoadedModel, images: np.ndarray | None) -> tuple[np.nd
                 f"check_images: expected uint8 N x {s} x {s} x 3, got {images.dtype} {images.shape}"
             )
         return images, f"{len(images)} given images"
-    real = _shared_patches(s, loaded.config.fit, PARITY_IMAGES)
+    real = _run_patches(predictor, PARITY_IMAGES)
     if real is not None:
-        return real, f"{len(real)} idc-breast patches"
+        return real, f"{len(real)} patches of the run's training data"
     return np.random.default_rng(0).integers(0, 256, (16, s, s, 3), dtype=np.uint8), "16 random uint8 images"
 
 
-def parity(loaded: LoadedModel, backend: OnnxBackend, images: np.ndarray) -> float:
+def parity(reference: TorchPredictor, onnx: OnnxPredictor, images: np.ndarray) -> float:
     """Max |Δlogit| between PyTorch (fp32, CPU) and ONNX Runtime, for the whole batch and for one image."""
-    ref = loaded.predict_logits(images, batch_size=len(images)).astype(np.float64)
-    whole = backend(images, batch_size=len(images))
-    single = backend(images[:1], batch_size=1)  # the batch axis really is dynamic
+    ref = reference.predict_logits(images, batch_size=len(images)).astype(np.float64)
+    whole = onnx.predict_logits(images, batch_size=len(images))
+    single = onnx.predict_logits(images[:1], batch_size=1)  # the batch axis really is dynamic
     return float(max(np.abs(whole - ref).max(), np.abs(single - ref[:1]).max()))
 
 
@@ -182,6 +189,7 @@ def export_onnx(
     opset: int = 17,
     check_images: np.ndarray | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    force: bool = False,
 ) -> Path:
     """Export a run or checkpoint to ONNX, parity-checked against PyTorch; the file exists only if it passed.
 
@@ -191,11 +199,12 @@ def export_onnx(
 
     Args:
         run_or_ckpt: run folder or checkpoint.
-        out: destination .onnx file (overwritten).
+        out: destination .onnx file (an existing one needs `force`).
         opset: ONNX opset (11 up to what the installed onnx knows; above 20 the torch.export-based exporter).
-        check_images: uint8 images for the parity check (default: real idc-breast patches fitted to the
-            model's size when the shared data is there, else random images).
+        check_images: uint8 images for the parity check (default: real patches of the run's training store
+            when it is still there, else random images).
         tolerance: largest accepted |Δlogit|.
+        force: overwrite an existing `out`.
 
     Returns:
         The written path.
@@ -204,27 +213,27 @@ def export_onnx(
         ParityError: ONNX Runtime and PyTorch disagree by more than `tolerance` (no file is left behind).
         HistoscanInputError: bad run, or a stain normaliser that cannot be exported.
     """
-    out = Path(out)
+    out = guard_output(out, force, "file")
+    if out.suffix.lower() != ".onnx":
+        raise HistoscanInputError(f"--out {out}: give a file name ending in .onnx")
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise HistoscanInputError(f"--opset {opset}: choose {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
-    loaded = load_model(run_or_ckpt, "cpu")
-    images, source = _check_images(loaded, check_images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
-        model = _Exported(loaded).eval()
+    predictor = load_torch_predictor(run_or_ckpt, "cpu")
+    card = predictor.card
+    images, source = _check_images(predictor, check_images)
+    with atomic_path(out) as tmp:
+        model = _Exported(predictor).eval()
         dummy = torch.as_tensor(images[:2])
         try:
             _torch_onnx_export(model, dummy, tmp, opset)
         except Exception as e:
-            if loaded.config.stain:
+            if card.stain != "none":
                 raise HistoscanInputError(
-                    f"{loaded.checkpoint}: its stain normaliser ({_stain_method(loaded)}) cannot be "
-                    f"exported to ONNX ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                    "export a run trained without --stain"
+                    f"{card.weights}: its stain normaliser ({card.stain}) cannot be exported to ONNX "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); export a run trained without --stain"
                 ) from None
             raise
-        diff = parity(loaded, OnnxBackend(tmp, threads=None), images)
+        diff = parity(predictor, OnnxPredictor(tmp), images)
         if not diff <= tolerance:  # also catches NaN
             raise ParityError(
                 f"{out}: ONNX Runtime differs from PyTorch by {diff:.3g} in logits on {source} "
@@ -232,137 +241,9 @@ def export_onnx(
             )
         proto = onnx.load(str(tmp))
         written_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-        onnx.helper.set_model_props(proto, _metadata(loaded, written_opset, diff, source))
-        proto.doc_string = f"histoscan {__version__} {loaded.config.model} tumour classifier"
+        onnx.helper.set_model_props(proto, _metadata(predictor, written_opset, diff, source))
+        proto.doc_string = f"histoscan {__version__} {card.model} tumour classifier"
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.debug("exported %s (max |Δlogit| %.3g on %s)", out, diff, source)
     return out
-
-
-def _stain_method(loaded: LoadedModel) -> str:
-    return str((loaded.config.stain or {}).get("method", "none"))
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The histoscan metadata_props of an exported model (strings, as stored)."""
-    path = Path(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise HistoscanInputError(f"{path}: not an ONNX model ({str(e).splitlines()[0][:120]})") from None
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-class OnnxBackend:
-    """ONNX Runtime session for an exported histoscan model: uint8 N x S x S x 3 -> logits (N,).
-
-    `meta` holds image_size (int), mpp (float | None), threshold (float), model, version, fit and the raw
-    metadata strings under "raw". CUDA is used when onnxruntime-gpu provides it, else the CPU.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise HistoscanInputError(f"{self.path}: ONNX model not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or _cores()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        available = ort.get_available_providers()
-        providers = providers or [
-            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-        ]
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for invalid files
-            raise HistoscanInputError(
-                f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})"
-            ) from None
-        inp = self.session.get_inputs()[0]
-        raw = {k: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
-        size = raw.get("image_size") or inp.shape[1]
-        if inp.type != "tensor(uint8)" or not str(size).isdigit():
-            raise HistoscanInputError(
-                f"{self.path}: not a histoscan export (input {inp.name} {inp.type} {inp.shape})"
-            )
-        self.input_name = inp.name
-        self.meta: dict[str, Any] = {
-            "image_size": int(size),
-            "mpp": float(raw["mpp"]) if raw.get("mpp") else None,
-            "threshold": float(raw.get("threshold", 0.5)),
-            "model": raw.get("model", "unknown"),
-            "version": raw.get("histoscan_version", "unknown"),
-            "fit": raw.get("fit", "pad"),
-            "raw": raw,
-        }
-
-    def __call__(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits (float32, N) for uint8 N x S x S x 3 RGB images."""
-        images = np.asarray(images)
-        s = self.meta["image_size"]
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
-            raise HistoscanInputError(
-                f"images: {self.path.name} expects uint8 N x {s} x {s} x 3, got {images.dtype} {images.shape}"
-            )
-        out = [
-            self.session.run(
-                [OUTPUT_NAMES[0]], {self.input_name: np.ascontiguousarray(images[i : i + batch_size])}
-            )[0]
-            for i in range(0, len(images), batch_size)
-        ]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
-
-
-class OnnxModel:
-    """A LoadedModel-like view of an exported model for the predict, slide and serve stages (no torch needed).
-
-    Exposes predict_logits / predict_proba, image_size, mpp, threshold, model_name, config (the TrainConfig
-    rebuilt from the export's metadata, so `config.fit` is the training fit mode), run_dir (None), checkpoint.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        self.backend = OnnxBackend(path, threads)
-        meta = self.backend.meta
-        self.image_size: int = meta["image_size"]
-        self.mpp: float | None = meta["mpp"]
-        self.threshold: float = meta["threshold"]
-        self.model_name: str = meta["model"]
-        self.run_dir: Path | None = None
-        self.checkpoint = self.backend.path
-        cfg = json.loads(meta["raw"]["config"]) if "config" in meta["raw"] else {}
-        try:
-            self.config = TrainConfig.from_dict(cfg)
-        except (HistoscanInputError, TypeError):  # exported by another histoscan version: keep what we know
-            self.config = TrainConfig(
-                model=self.model_name, image_size=self.image_size, fit=meta["fit"], mpp=self.mpp
-            )
-
-    def predict_logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits for uint8 N x S x S x 3 images."""
-        return self.backend(images, batch_size)
-
-    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Tumour probabilities (sigmoid of the logits)."""
-        return 1.0 / (1.0 + np.exp(-self.predict_logits(images, batch_size)))
-
-
-def onnx_backend(path: str | Path, threads: int | None = None) -> OnnxBackend:
-    """An ONNX Runtime backend for `path` (intra-op threads = cores unless given, all graph optimisations)."""
-    return OnnxBackend(path, threads)
-
-
-def load_onnx_model(path: str | Path, threads: int | None = None) -> OnnxModel:
-    """Load an exported model as a LoadedModel-like object (see :class:`OnnxModel`)."""
-    return OnnxModel(path, threads)

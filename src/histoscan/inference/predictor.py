@@ -1,142 +1,92 @@
-"""The seam every downstream stage uses: a run folder or checkpoint -> a ready model with its preprocessing.
+"""The one model seam: a Predictor maps uint8 N x S x S x 3 RGB to logits, whatever runs it.
 
-`PatchClassifier` takes uint8 (or 0..255 float) RGB batches N x H x W x 3, as stored, and returns one logit per
-image; the preprocessing is inside the module so ONNX export, serving and slides all see the same graph.
+`load_predictor(MODEL)` takes a run folder, a Lightning checkpoint or a `.onnx` export and picks the backend
+from what it is given (`backend=` overrides): PyTorch (:class:`TorchPredictor`, CUDA when available) or ONNX
+Runtime (:class:`histoscan.inference.onnx.OnnxPredictor`). Every predictor carries a frozen
+:class:`~histoscan.inference.card.ModelCard`; predict, evaluate, slide, serve and export's parity check all
+run models through this seam.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
-from histoscan.models import create_model
+from histoscan.inference.card import ModelCard, threshold_fields
+from histoscan.models.classifier import NORMALISATION, PatchClassifier, build_classifier
+from histoscan.run import RunDir
+from histoscan.utils.device import torch_device
+from histoscan.utils.numeric import sigmoid
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+BackendName = Literal["auto", "torch", "onnx"]
 
 
-class PatchClassifier(nn.Module):
-    """uint8 NHWC RGB in, one logit per image out.
+class Predictor:
+    """uint8 N x S x S x 3 RGB (numpy, or a torch tensor for the torch backend) -> float32 logits (N,).
 
-    Stages, used separately by training (augmentation goes between `prepare` and `head`):
-    `prepare`: NHWC 0..255 -> NCHW float in [0, 1] (channels_last), then stain normalisation if configured;
-    `head`: per-channel normalisation -> network -> logits of shape (N,).
+    Subclasses implement :meth:`__call__` for one batch; :meth:`predict_logits` batches any number of images.
     """
 
-    def __init__(self, net: nn.Module, stain: nn.Module | None = None):
-        super().__init__()
-        self.net = net
-        self.stain = stain
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+    card: ModelCard
+    device: str = "cpu"
+    can_explain: bool = False
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """NHWC 0..255 -> NCHW float in [0, 1] (stain-normalised when a normaliser is set)."""
-        x = x.permute(0, 3, 1, 2).float().div(255.0).contiguous(memory_format=torch.channels_last)
-        return self.stain(x) if self.stain is not None else x
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW float in [0, 1] -> logits (N,)."""
-        return self.net((x - self.mean) / self.std).reshape(-1)
+    def predict_logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits for uint8 N x S x S x 3 images, `batch_size` at a time."""
+        out = [np.asarray(self(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.prepare(x))
+    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Tumour probabilities (sigmoid of the logits)."""
+        return sigmoid(self.predict_logits(images, batch_size))
 
-
-def build_classifier(config: TrainConfig, weights: bool = True) -> PatchClassifier:
-    """A fresh PatchClassifier for `config` (with `--weights` loaded when `weights` is true)."""
-    stain = None
-    if config.stain:
-        from histoscan.stain.normalise import normaliser_from_config  # lazy: only runs that use stain normalisation
-
-        stain = normaliser_from_config(config.stain)
-    net = create_model(config.model, dropout=config.dropout, weights=config.weights if weights else None)
-    return PatchClassifier(net, stain)
+    def check_images(self, images: np.ndarray | torch.Tensor) -> None:
+        """Raise naming the expected shape unless `images` is uint8 N x S x S x 3 at the card's size."""
+        s = self.card.image_size
+        dtype_ok = images.dtype in (np.uint8, torch.uint8)
+        if not dtype_ok or images.ndim != 4 or tuple(images.shape[1:]) != (s, s, 3):
+            raise HistoscanInputError(
+                f"images: {self.card.model} expects uint8 N x {s} x {s} x 3, got {images.dtype} {tuple(images.shape)}"
+            )
 
 
-@dataclass
-class LoadedModel:
-    """A trained model ready for inference, with what it was trained on."""
+class TorchPredictor(Predictor):
+    """A PatchClassifier in eval mode on a device; `classifier` is exposed for Grad-CAM."""
 
-    classifier: PatchClassifier
-    config: TrainConfig
-    threshold: float
-    image_size: int
-    mpp: float | None
-    run_dir: Path | None
-    checkpoint: Path
+    can_explain = True
 
-    @property
-    def model_name(self) -> str:
-        return self.config.model
+    def __init__(self, classifier: PatchClassifier, card: ModelCard, device: str | torch.device = "cpu"):
+        self.torch_device = torch.device(device)
+        self.device = str(self.torch_device)
+        self.classifier = classifier.to(self.torch_device).eval()
+        self.card = card
 
     @torch.inference_mode()
-    def predict_logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Logits for uint8 N x S x S x 3 images (S = image_size), batched."""
-        self.classifier.eval()
-        device = next(self.classifier.parameters()).device
-        out = []
-        for i in range(0, len(images), batch_size):
-            chunk = torch.as_tensor(np.asarray(images[i : i + batch_size])).to(device)
-            out.append(self.classifier(chunk).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-    def predict_proba(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Tumour probabilities (sigmoid of the logits)."""
-        return 1.0 / (1.0 + np.exp(-self.predict_logits(images, batch_size)))
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. a read-only memmap slice
+            images = np.array(images)
+        x = torch.as_tensor(images).to(self.torch_device, non_blocking=True)
+        return self.classifier(x).float().cpu().numpy()
 
 
-def find_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
-    """Resolve RUN_OR_CKPT to (checkpoint file, run folder or None)."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (p / "checkpoints" / name).is_file():
-                return p / "checkpoints" / name, p
-        raise HistoscanInputError(f"{p}: not a run folder (no checkpoints/best.ckpt or last.ckpt)")
-    if p.is_file():
-        run = p.parent.parent if p.parent.name == "checkpoints" else None
-        return p, run if run is not None and (run / "config.yaml").is_file() else None
-    raise HistoscanInputError(f"{p}: no such run folder or checkpoint")
-
-
-def threshold_record(run_dir: Path | None) -> dict | None:
-    """RUN/threshold.json with a float `threshold`, or None when the run has none; a bad file is an input error."""
-    path = run_dir / "threshold.json" if run_dir is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-        info["threshold"] = float(info["threshold"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise HistoscanInputError(f"{path}: not a threshold file ({e})") from None
-    return info
-
-
-def read_threshold(run_dir: Path | None) -> float:
-    """The decision threshold stored in the run (RUN/threshold.json), else 0.5."""
-    info = threshold_record(run_dir)
-    return 0.5 if info is None else info["threshold"]
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load RUN_OR_CKPT into an eval-mode PatchClassifier plus its config, threshold, size and µm/px."""
-    ckpt_path, run_dir = find_checkpoint(path)
+def load_checkpoint(ckpt_path: Path) -> tuple[PatchClassifier, TrainConfig, dict]:
+    """(classifier with the checkpoint's weights, its TrainConfig, Lightning hyper-parameters) from a .ckpt."""
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise HistoscanInputError(f"{ckpt_path}: not a histoscan checkpoint ({e})") from None
+        raise HistoscanInputError(f"{ckpt_path}: not a histoscan checkpoint ({_one_line(e)})") from None
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if "config" not in hp or "state_dict" not in ckpt:
         raise HistoscanInputError(f"{ckpt_path}: not a histoscan checkpoint (no config/state_dict)")
-    config = TrainConfig.from_dict(hp["config"])
+    config = TrainConfig.from_dict(hp["config"], source=str(ckpt_path))
     clf = build_classifier(config, weights=False)
     state = {
         k.removeprefix("classifier."): v for k, v in ckpt["state_dict"].items() if k.startswith("classifier.")
@@ -144,11 +94,80 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     try:
         clf.load_state_dict(state)
     except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
         raise HistoscanInputError(
-            f"{ckpt_path}: weights do not match model '{config.model}' ({detail})"
+            f"{ckpt_path}: weights do not match model '{config.model}' ({_one_line(e)})"
         ) from None
-    clf.to(device).eval()
-    size = int(hp.get("image_size") or config.image_size or 96)
+    return clf.eval(), config, hp
+
+
+def _one_line(e: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_torch_predictor(path: str | Path, device: str | None = "auto") -> TorchPredictor:
+    """A TorchPredictor for a run folder (best, else last checkpoint) or a checkpoint file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        run = RunDir.open(p)
+        ckpt = run.checkpoint()
+    elif p.is_file():
+        ckpt, run = p, RunDir.of_checkpoint(p)
+    else:
+        raise HistoscanInputError(f"{p}: no such run folder, checkpoint or .onnx file")
+    clf, config, hp = load_checkpoint(ckpt)
+    threshold, source = threshold_fields(run.read_threshold() if run is not None else None)
     mpp = hp.get("mpp", config.mpp)
-    return LoadedModel(clf, config, read_threshold(run_dir), size, mpp, run_dir, ckpt_path)
+    card = ModelCard(
+        model=config.model,
+        image_size=int(hp.get("image_size") or config.image_size or 96),
+        mpp=None if mpp is None else float(mpp),
+        fit=config.fit,
+        threshold=threshold,
+        threshold_source=source,
+        normalisation=NORMALISATION,
+        stain=str((config.stain or {}).get("method", "none")),
+        backend="torch",
+        source=str(p),
+        weights=str(ckpt),
+        run_dir=str(run.path) if run is not None else None,
+        config=config,
+    )
+    return TorchPredictor(clf, card, torch_device(device))
+
+
+def load_predictor(
+    path: str | Path, backend: BackendName = "auto", device: str | None = "auto", threads: int | None = None
+) -> Predictor:
+    """A Predictor for MODEL: a run folder, a checkpoint, or a .onnx export.
+
+    Args:
+        path: run folder (torch; with backend "onnx" its model.onnx), checkpoint file (torch) or .onnx (onnx).
+        backend: "auto" picks from `path`; "torch" or "onnx" force one.
+        device: torch device ("auto": CUDA when available).
+        threads: ONNX Runtime intra-op threads (default: the cores).
+    """
+    p = Path(path).expanduser()
+    if backend not in ("auto", "torch", "onnx"):
+        raise HistoscanInputError(f"--backend {backend}: choose torch or onnx")
+    if not p.exists():
+        raise HistoscanInputError(f"{p}: no such run folder, checkpoint or .onnx file")
+    is_onnx_file = p.is_file() and p.suffix.lower() == ".onnx"
+    if backend == "torch" and is_onnx_file:
+        raise HistoscanInputError(f"{p}: an ONNX export runs on ONNX Runtime; drop --backend torch")
+    if backend == "onnx" or is_onnx_file:
+        from histoscan.inference.onnx import OnnxPredictor  # lazy: onnxruntime only when asked for
+
+        onnx_path = p
+        if p.is_dir():
+            onnx_path = RunDir.open(p).onnx_path
+            if not onnx_path.is_file():
+                raise HistoscanInputError(
+                    f"{onnx_path}: not found; create it with histoscan export {p} --out {onnx_path}"
+                )
+        elif not is_onnx_file:
+            raise HistoscanInputError(
+                f"{p}: --backend onnx needs a .onnx file or a run folder holding model.onnx"
+            )
+        return OnnxPredictor(onnx_path, threads=threads, source=p)
+    return load_torch_predictor(p, device)

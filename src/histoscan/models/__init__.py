@@ -66,16 +66,23 @@ def _external(name: str) -> nn.Module:
         raise HistoscanInputError(f"--model {name}: {family} cannot build '{arch}' ({e})") from None
 
 
-def create_model(name: str, dropout: float = 0.5, weights: str | Path | None = None) -> nn.Module:
-    """Build a model by registry name, optionally loading a local torchvision-layout state dict."""
+def check_model_name(name: str) -> None:
+    """Raise HistoscanInputError naming --model unless `name` is registered (or an external family name)."""
     if name.startswith(("timm:", "torchvision:")):
-        model = _external(name)
-    elif name in REGISTRY:
-        model = REGISTRY[name].build(dropout)
-    else:
+        family, _, arch = name.partition(":")
+        if not arch:
+            raise HistoscanInputError(f"--model {name}: give the {family} architecture after the colon")
+        return
+    if name not in REGISTRY:
         raise HistoscanInputError(
             f"--model {name}: unknown model; choose from {', '.join(available_models())}"
         )
+
+
+def create_model(name: str, dropout: float = 0.5, weights: str | Path | None = None) -> nn.Module:
+    """Build a model by registry name, optionally loading a local torchvision-layout state dict."""
+    check_model_name(name)
+    model = _external(name) if name.startswith(("timm:", "torchvision:")) else REGISTRY[name].build(dropout)
     if weights:
         load_weights(model, weights, REGISTRY[name].weights_prefix if name in REGISTRY else "")
     return model

@@ -31,6 +31,7 @@ from histoscan.serve.guard import BodyTooLarge, RequestGuard, error_body
 from histoscan.serve.metrics import CONTENT_TYPE, ServerMetrics
 from histoscan.serve.settings import ServeSettings
 from histoscan.serve.uploads import Upload, UploadError, read_upload
+from histoscan.utils.numeric import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
             )
         uploads = [await _read(f, i, model, settings) for i, f in enumerate(files)]
         logits = await batcher.submit(np.stack([u.image for u in uploads]))
-        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        probs = sigmoid(logits)
         return {
             "model": model.name,
             "model_version": model.version,
@@ -148,7 +149,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         """Grad-CAM overlay of one patch; the prediction travels in X-Histoscan-* headers (or the JSON)."""
         model.require_explain()  # 501 before reading the upload
         up = await _read(file, 0, model, settings)
-        prob = float(1.0 / (1.0 + np.exp(-float((await batcher.submit(up.image[None]))[0]))))
+        prob = float(sigmoid((await batcher.submit(up.image[None]))[0]))
         pred = _prediction(up, prob, model)
         figure, overlay = await run_in_threadpool(model.explain, up.image, prob, up.id)
         if format == "json":

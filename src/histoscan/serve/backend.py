@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 
 from histoscan.errors import HistoscanInputError
+from histoscan.inference.card import ModelCard
+from histoscan.inference.predictor import Predictor, load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -31,49 +33,50 @@ def file_digest(path: Path, n: int = 12) -> str:
     return h.hexdigest()[:n]
 
 
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is passed through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @dataclass
 class ServedModel:
-    """What the server needs from a model: logits for fitted uint8 images, its metadata, and Grad-CAM."""
+    """What the server needs from a model: logits for fitted uint8 images, its card, and Grad-CAM."""
 
-    model: Any  # LoadedModel (torch) or the ONNX model of histoscan.export.onnx (same surface)
+    predictor: Predictor
     path: Path
-    backend: str  # "torch" | "onnxruntime"
     version: str
-    device: str
     _explain_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
+    def card(self) -> ModelCard:
+        return self.predictor.card
+
+    @property
     def name(self) -> str:
-        return str(self.model.model_name)
+        return self.card.model
 
     @property
     def image_size(self) -> int:
-        return int(self.model.image_size)
+        return self.card.image_size
 
     @property
     def threshold(self) -> float:
-        return float(self.model.threshold)
+        return self.card.threshold
 
     @property
     def mpp(self) -> float | None:
-        return None if self.model.mpp is None else float(self.model.mpp)
+        return self.card.mpp
 
     @property
     def fit(self) -> str:
-        return str(self.model.config.fit)
+        return self.card.fit
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.card.backend == "onnx" else self.card.backend
+
+    @property
+    def device(self) -> str:
+        return self.predictor.device
 
     @property
     def can_explain(self) -> bool:
-        return self.backend == "torch"
+        return self.predictor.can_explain
 
     def info(self) -> dict[str, Any]:
         """The /v1/model document."""
@@ -85,7 +88,10 @@ class ServedModel:
             "image_size": self.image_size,
             "mpp": self.mpp,
             "threshold": self.threshold,
+            "threshold_source": self.card.threshold_source,
             "fit": self.fit,
+            "normalisation": self.card.normalisation,
+            "stain": self.card.stain,
             "explain": self.can_explain,
             "source": self.path.name,
         }
@@ -102,7 +108,7 @@ class ServedModel:
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
         """Logits (N,) float32 for uint8 N x S x S x 3 images (called on the batcher's thread)."""
-        return np.asarray(self.model.predict_logits(images), dtype=np.float32).reshape(-1)
+        return np.asarray(self.predictor.predict_logits(images), dtype=np.float32).reshape(-1)
 
     def require_explain(self) -> None:
         """Raise ExplainUnavailable unless this model can be explained (PyTorch backend)."""
@@ -115,38 +121,18 @@ class ServedModel:
     def explain(self, image: np.ndarray, probability: float, title: str) -> tuple[bytes, bytes]:
         """Grad-CAM of one fitted uint8 S x S x 3 patch: (figure PNG as `histoscan explain` writes, overlay).
 
-        The overlay is the patch blended with the heat map, upscaled like the figure's panels (web page).
         Calls are serialised: each one copies the network (Grad-CAM hooks must not touch the batcher's model).
         """
         self.require_explain()
-        from histoscan.explain import gradcam as explain  # lazy: only servers that explain import the Grad-CAM code (MONAI)
+        from histoscan.explain.gradcam import gradcam  # lazy: only servers that explain import MONAI
+        from histoscan.explain.render import overlay_panel, render_overlay
         from histoscan.models import target_layer_name
 
-        clf = self.model.classifier
+        clf = self.predictor.classifier
         with self._explain_lock:
-            maps, _ = explain.gradcam(clf, image[None], target_layer_name(self.name, clf.net), self.threshold)
-        figure = explain.render_overlay(image, maps[0], probability, self.threshold, title)
+            maps, _ = gradcam(clf, image[None], target_layer_name(self.name, clf.net), self.threshold)
+        figure = render_overlay(image, maps[0], probability, self.threshold, title)
         return _png(figure), _png(overlay_panel(image, maps[0]))
-
-
-def overlay_panel(
-    image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, min_side: int = 256
-) -> Image.Image:
-    """The patch (nearest-upscaled to at least `min_side`) blended with its Grad-CAM map (jet colour map).
-
-    The same colours and blend as the overlay panel of :func:`histoscan.explain.gradcam.render_overlay`.
-    """
-    from matplotlib import colormaps  # the colour map only; no pyplot state
-
-    h, w = image.shape[:2]
-    scale = max(1, -(-min_side // max(h, w)))
-    size = (w * scale, h * scale)
-    patch = Image.fromarray(image).resize(size, Image.Resampling.NEAREST)
-    cam_big = np.asarray(
-        Image.fromarray(cam.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
-    )
-    heat = (colormaps["jet"](np.clip(cam_big, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
-    return Image.blend(patch, Image.fromarray(heat), alpha)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -156,41 +142,16 @@ def _png(image: Image.Image) -> bytes:
 
 
 def load_served_model(path: str | Path, device: str = "auto") -> ServedModel:
-    """Load MODEL (run folder, .ckpt or .onnx) for serving; the version is the model file's short SHA-256.
+    """Load MODEL (run folder, .ckpt or .onnx) for serving; the version is the weights file's short SHA-256.
 
     Raises:
         HistoscanInputError: MODEL is missing or not a histoscan model.
     """
     p = Path(path)
-    if not p.exists():
-        raise HistoscanInputError(f"{p}: no such run folder, checkpoint or .onnx file")
-    device = resolve_device(device)
-    if p.suffix.lower() == ".onnx":
-        try:
-            from histoscan.export.onnx import load_onnx_model
-        except ImportError as e:
-            raise HistoscanInputError(f"{p}: serving .onnx needs histoscan.export.onnx ({e})") from None
-        model = load_onnx_model(p)
-        version_file, backend = p, "onnxruntime"
-        device = _onnx_device(model, device)
-    else:
-        from histoscan.inference.predictor import load_model
-
-        model = load_model(p, device)
-        version_file, backend = model.checkpoint, "torch"
-    stem = model.run_dir.name if getattr(model, "run_dir", None) is not None else version_file.stem
-    version = f"{stem}@{file_digest(version_file)}"
-    log.info("serving %s (%s, %s) version %s", p, model.model_name, backend, version)
-    return ServedModel(model, p, backend, version, device)
-
-
-def _onnx_device(model: Any, device: str) -> str:
-    session = getattr(getattr(model, "backend", None), "session", None)
-    providers = session.get_providers() if session is not None else []
-    return (
-        "cuda"
-        if any("CUDA" in pr or "Tensorrt" in pr for pr in providers)
-        else "cpu"
-        if providers
-        else device
-    )
+    predictor = load_predictor(p, "auto", device)
+    card = predictor.card
+    weights = Path(card.weights)
+    stem = Path(card.run_dir).name if card.run_dir is not None else weights.stem
+    version = f"{stem}@{file_digest(weights)}"
+    log.info("serving %s (%s, %s) version %s", p, card.model, card.backend, version)
+    return ServedModel(predictor, p, version)

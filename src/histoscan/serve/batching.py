@@ -46,7 +46,7 @@ class MicroBatcher:
     at once (never blocks) when a request does not fit, so the server can answer 503 with Retry-After.
 
     Args:
-        fn: the model call, e.g. ``LoadedModel.predict_logits``.
+        fn: the model call, e.g. ``Predictor.predict_logits``.
         max_batch: largest batch handed to `fn` (1 disables batching).
         max_wait_ms: longest time the first image of a batch waits for company.
         queue_size: images that may wait at most.

@@ -8,7 +8,6 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from histoscan.errors import HistoscanInputError
-from histoscan.inference.predictor import LoadedModel
+from histoscan.inference.predictor import Predictor
 from histoscan.slide.io import SlideReader, open_slide, tumour_regions
 from histoscan.slide.tiles import (
     OUTPUTS,
@@ -29,13 +28,12 @@ from histoscan.slide.tiles import (
     tile_tissue_fraction,
     tissue_mask,
 )
+from histoscan.utils.fs import guard_output, staged_folder
 
 __all__ = [  # the tiling names are re-exported from histoscan.slide.tiles
     "OUTPUTS",
-    "LogitsFn",
     "SlideOptions",
     "TileGrid",
-    "make_logits_fn",
     "map_slide",
     "otsu_threshold",
     "plan_grid",
@@ -47,171 +45,147 @@ __all__ = [  # the tiling names are re-exported from histoscan.slide.tiles
 
 log = logging.getLogger(__name__)
 
-LogitsFn = Callable[[np.ndarray], np.ndarray]  # uint8 N x S x S x 3 -> N logits
-
-
-def make_logits_fn(
-    model: LoadedModel, backend: str = "torch", batch_size: int = 64, onnx_path: str | Path | None = None
-) -> LogitsFn:
-    """The inference callable: the torch model, or an ONNX Runtime session from `histoscan.export.onnx`."""
-    if backend == "torch":
-        return lambda images: model.predict_logits(images, batch_size)
-    if backend != "onnx":
-        raise HistoscanInputError(f"--backend {backend}: choose torch or onnx")
-    try:
-        from histoscan.export.onnx import onnx_backend  # lazy: onnxruntime only when asked for
-    except ImportError as e:
-        raise HistoscanInputError(f"--backend onnx: histoscan.export.onnx is not available ({e})") from None
-    if onnx_path is None:
-        if model.run_dir is None or not (model.run_dir / "model.onnx").is_file():
-            raise HistoscanInputError(
-                "--onnx: no model.onnx in the run folder; export one or pass --onnx FILE"
-            )
-        onnx_path = model.run_dir / "model.onnx"
-    if not Path(onnx_path).is_file():
-        raise HistoscanInputError(f"--onnx {onnx_path}: file not found")
-    fn = onnx_backend(Path(onnx_path))
-    return fn.predict_logits if hasattr(fn, "predict_logits") else fn
-
-
-def _out_dir(out: str | Path, force: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HistoscanInputError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise HistoscanInputError(f"--out {out}: folder is not empty (use --force to overwrite)")
-    return out
-
 
 def map_slide(
-    model: LoadedModel,
+    predictor: Predictor,
     slide: str | Path,
     out: str | Path,
     options: SlideOptions | None = None,
-    logits_fn: LogitsFn | None = None,
     progress: bool = True,
 ) -> dict:
     """Map a whole slide to tumour probabilities and write heatmap, overlay, tiles, regions and summary.
 
     Args:
-        model: the loaded run (image size, patch µm/px and threshold are taken from it).
+        predictor: the model (image size, patch µm/px and threshold come from its card).
         slide: any OpenSlide format, or a plain/pyramidal TIFF.
-        out: output folder (must be empty unless `options.force`).
+        out: output folder (must be empty unless `options.force`); written in full or not at all.
         options: see :class:`SlideOptions`.
-        logits_fn: uint8 NHWC -> logits; default the torch model (see :func:`make_logits_fn`).
         progress: show a tqdm bar on stderr.
 
     Returns:
         The summary written to summary.json.
     """
-    from tqdm import tqdm
-
     opts = options or SlideOptions()
-    t_start = time.perf_counter()
-    out = _out_dir(out, opts.force)
+    guard_output(out, opts.force, "folder", "--out")
     reader = open_slide(slide, opts.mpp, opts.reader)
     try:
-        if reader.mpp is None:
-            raise HistoscanInputError(
-                f"{slide}: no µm/px in the slide's metadata (openslide.mpp-x, TIFF resolution or MPP=); "
-                "pass --mpp with the slide's level-0 µm/px"
-            )
-        model_mpp = opts.model_mpp or model.mpp
-        if not model_mpp:
-            raise HistoscanInputError(
-                "--model-mpp: the run records no patch µm/px (config mpp); pass the training patches' µm/px "
-                "(PCam: 0.972)"
-            )
-        grid = plan_grid(reader, model.image_size, float(model_mpp), opts.stride, opts.level)
-        out.mkdir(parents=True, exist_ok=True)
-        side = min(max(opts.thumbnail_size, math.ceil(8 * max(reader.dimensions) / grid.tile0)), 4096)
-        thumb = reader.thumbnail(side)
-        mask = tissue_mask(thumb)
-        t_tiles = time.perf_counter()
-        frac = tile_tissue_fraction(mask, grid, reader.dimensions)
-        rc = np.argwhere(frac >= opts.min_tissue)
-        xy = grid.origins(rc)
-        probs = np.empty(len(rc), np.float32)
-        fn = logits_fn or make_logits_fn(model, "torch", opts.batch_size)
-        with tqdm(
-            total=len(rc), unit="tile", file=sys.stderr, disable=not progress, desc=Path(slide).name
-        ) as bar:
-            for start, batch in stream_tiles(reader, grid, xy, opts.batch_size, opts.workers, opts.prefetch):
-                logits = np.asarray(fn(batch), np.float64).reshape(-1)
-                probs[start : start + len(batch)] = 1.0 / (1.0 + np.exp(-logits))
-                bar.update(len(batch))
-        t_regions = time.perf_counter()
-        heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
-        heat[rc[:, 0], rc[:, 1]] = probs
-        threshold = float(model.threshold if opts.threshold is None else opts.threshold)
-        regions = tumour_regions(heat, threshold, grid.stride0, grid.cell_offset, reader.mpp)
-        explained = (
-            _explain(model, reader, grid, xy, probs, threshold, opts.explain, out) if opts.explain else []
-        )
-        w0, h0 = reader.dimensions
-        cell_mm2 = (grid.stride0 * reader.mpp / 1000.0) ** 2
-        n_tumour = int(np.sum(probs >= threshold))
-        summary = {
-            "slide": str(Path(slide).resolve()),
-            "reader": reader.backend,
-            "slide_mpp": reader.mpp,
-            "slide_mpp_source": reader.mpp_source,
-            "model": model.model_name,
-            "checkpoint": str(model.checkpoint),
-            "model_mpp": float(model_mpp),
-            "dimensions": [w0, h0],
-            "level": grid.level,
-            "level_downsample": grid.downsample,
-            "tile_size_px": grid.image_size,
-            "tile_size_level0": grid.tile0,
-            "stride_level0": grid.stride0,
-            "read_size": grid.read_size,
-            "grid": [grid.rows, grid.cols],
-            "threshold": threshold,
-            "min_tissue": opts.min_tissue,
-            "n_tiles": grid.rows * grid.cols,
-            "n_tissue_tiles": len(rc),
-            "n_tumour_tiles": n_tumour,
-            "n_regions": len(regions["features"]),
-            "tissue_area_mm2": float(mask.sum() * (w0 / mask.shape[1]) * (h0 / mask.shape[0]))
-            * (reader.mpp / 1000.0) ** 2,
-            # tissue inside the tumour tiles (comparable with tissue_area_mm2); the polygons' area is larger
-            # because a tile counts whole in regions.geojson
-            "tumour_area_mm2": float(frac[rc[:, 0], rc[:, 1]][probs >= threshold].sum() * cell_mm2),
-            "tumour_region_area_mm2": n_tumour * cell_mm2,
-            "max_probability": float(probs.max()) if len(probs) else None,
-            "explained": [str(p) for p in explained],
-            "notes": list(reader.notes),
-            "options": asdict(opts),
-        }
-        if not len(rc):
-            summary["notes"].append("no tissue found: no tile reached --min-tissue; outputs are empty")
-        if grid.tile0 < grid.image_size:
-            summary["notes"].append("the model's µm/px is finer than the slide's: tiles are upsampled")
-        t_write = time.perf_counter()
-        _write_maps(out, heat, thumb, reader.dimensions, grid, regions, Path(slide).name)
-        _write_tiles(out / "tiles.csv", rc, xy, probs, frac)
-        (out / "regions.geojson").write_text(json.dumps(regions))
-        np.save(out / "heatmap.npy", heat)
-        t_end = time.perf_counter()
-        summary["seconds"] = round(t_end - t_start, 3)
-        summary["timings_s"] = {
-            k: round(b - a, 3)
-            for k, a, b in (
-                ("open_and_tissue_mask", t_start, t_tiles),
-                ("tiles", t_tiles, t_regions),
-                ("regions", t_regions, t_write),
-                ("write", t_write, t_end),
-            )
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+        with staged_folder(out, opts.force) as tmp:
+            return _map(predictor, reader, slide, tmp, opts, progress)
     finally:
         reader.close()
 
 
+def _map(
+    predictor: Predictor,
+    reader: SlideReader,
+    slide: str | Path,
+    out: Path,
+    opts: SlideOptions,
+    progress: bool,
+) -> dict:
+    """map_slide's work, writing into `out` (the staged folder)."""
+    from tqdm import tqdm
+
+    card = predictor.card
+    t_start = time.perf_counter()
+    if reader.mpp is None:
+        raise HistoscanInputError(
+            f"{slide}: no µm/px in the slide's metadata (openslide.mpp-x, TIFF resolution or MPP=); "
+            "pass --mpp with the slide's level-0 µm/px"
+        )
+    model_mpp = opts.model_mpp or card.mpp
+    if not model_mpp:
+        raise HistoscanInputError(
+            "--model-mpp: the run records no patch µm/px (config mpp); pass the training patches' µm/px "
+            "(PCam: 0.972)"
+        )
+    grid = plan_grid(reader, card.image_size, float(model_mpp), opts.stride, opts.level)
+    out.mkdir(parents=True, exist_ok=True)
+    side = min(max(opts.thumbnail_size, math.ceil(8 * max(reader.dimensions) / grid.tile0)), 4096)
+    thumb = reader.thumbnail(side)
+    mask = tissue_mask(thumb)
+    t_tiles = time.perf_counter()
+    frac = tile_tissue_fraction(mask, grid, reader.dimensions)
+    rc = np.argwhere(frac >= opts.min_tissue)
+    xy = grid.origins(rc)
+    probs = np.empty(len(rc), np.float32)
+    with tqdm(
+        total=len(rc), unit="tile", file=sys.stderr, disable=not progress, desc=Path(slide).name
+    ) as bar:
+        for start, batch in stream_tiles(reader, grid, xy, opts.batch_size, opts.workers, opts.prefetch):
+            probs[start : start + len(batch)] = predictor.predict_proba(batch, opts.batch_size)
+            bar.update(len(batch))
+    t_regions = time.perf_counter()
+    heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
+    heat[rc[:, 0], rc[:, 1]] = probs
+    threshold = float(card.threshold if opts.threshold is None else opts.threshold)
+    regions = tumour_regions(heat, threshold, grid.stride0, grid.cell_offset, reader.mpp)
+    explained = (
+        _explain(predictor, reader, grid, xy, probs, threshold, opts.explain, out) if opts.explain else []
+    )
+    w0, h0 = reader.dimensions
+    cell_mm2 = (grid.stride0 * reader.mpp / 1000.0) ** 2
+    n_tumour = int(np.sum(probs >= threshold))
+    summary = {
+        "slide": str(Path(slide).resolve()),
+        "reader": reader.backend,
+        "slide_mpp": reader.mpp,
+        "slide_mpp_source": reader.mpp_source,
+        "model": card.model,
+        "checkpoint": card.weights,
+        "backend": card.backend,
+        "model_mpp": float(model_mpp),
+        "dimensions": [w0, h0],
+        "level": grid.level,
+        "level_downsample": grid.downsample,
+        "tile_size_px": grid.image_size,
+        "tile_size_level0": grid.tile0,
+        "stride_level0": grid.stride0,
+        "read_size": grid.read_size,
+        "grid": [grid.rows, grid.cols],
+        "threshold": threshold,
+        "min_tissue": opts.min_tissue,
+        "n_tiles": grid.rows * grid.cols,
+        "n_tissue_tiles": len(rc),
+        "n_tumour_tiles": n_tumour,
+        "n_regions": len(regions["features"]),
+        "tissue_area_mm2": float(mask.sum() * (w0 / mask.shape[1]) * (h0 / mask.shape[0]))
+        * (reader.mpp / 1000.0) ** 2,
+        # tissue inside the tumour tiles (comparable with tissue_area_mm2); the polygons' area is larger
+        # because a tile counts whole in regions.geojson
+        "tumour_area_mm2": float(frac[rc[:, 0], rc[:, 1]][probs >= threshold].sum() * cell_mm2),
+        "tumour_region_area_mm2": n_tumour * cell_mm2,
+        "max_probability": float(probs.max()) if len(probs) else None,
+        "explained": [str(p.relative_to(out)) for p in explained],
+        "notes": list(reader.notes),
+        "options": asdict(opts),
+    }
+    if not len(rc):
+        summary["notes"].append("no tissue found: no tile reached --min-tissue; outputs are empty")
+    if grid.tile0 < grid.image_size:
+        summary["notes"].append("the model's µm/px is finer than the slide's: tiles are upsampled")
+    t_write = time.perf_counter()
+    _write_maps(out, heat, thumb, reader.dimensions, grid, regions, Path(slide).name)
+    _write_tiles(out / "tiles.csv", rc, xy, probs, frac)
+    (out / "regions.geojson").write_text(json.dumps(regions))
+    np.save(out / "heatmap.npy", heat)
+    t_end = time.perf_counter()
+    summary["seconds"] = round(t_end - t_start, 3)
+    summary["timings_s"] = {
+        k: round(b - a, 3)
+        for k, a, b in (
+            ("open_and_tissue_mask", t_start, t_tiles),
+            ("tiles", t_tiles, t_regions),
+            ("regions", t_regions, t_write),
+            ("write", t_write, t_end),
+        )
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def _explain(
-    model: LoadedModel,
+    predictor: Predictor,
     reader: SlideReader,
     grid: TileGrid,
     xy: np.ndarray,
@@ -230,7 +204,7 @@ def _explain(
         return []
     images = np.stack([read_tile(reader, grid, *xy[i]) for i in order])
     ids = [f"tile_x{xy[i][0]}_y{xy[i][1]}" for i in order]
-    return list(explain_images(model, images, ids, out / "explain"))
+    return list(explain_images(predictor, images, ids, out / "explain"))
 
 
 def _write_tiles(path: Path, rc: np.ndarray, xy: np.ndarray, probs: np.ndarray, frac: np.ndarray) -> None:

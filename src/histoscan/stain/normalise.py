@@ -14,18 +14,18 @@ import yaml
 from torch import nn
 
 from histoscan.errors import HistoscanInputError
-from histoscan.stain.ops import (  # rgb_to_lab and lab_to_rgb stay importable from here
-    _MIN_PIXELS,
-    _concentrations,
-    _enough_tissue,
-    _masked_mean_std,
-    _masked_quantile,
-    _optical_density,
-    _pixels,
-    _tissue_mask,
-    _top2_eigenvectors,
+from histoscan.stain.ops import (
+    MIN_PIXELS,
+    concentrations,
+    enough_tissue,
     lab_to_rgb,
+    masked_mean_std,
+    masked_quantile,
+    optical_density,
     rgb_to_lab,
+    tissue_mask,
+    to_pixels,
+    top2_eigenvectors,
 )
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,15 @@ def _macenko_stains(od: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch
     mean = (od * w).sum(1, keepdim=True) / n
     d = (od - mean) * w
     cov = d.transpose(1, 2) @ d / (n - 1.0)
-    ok = mask.sum(-1) >= _MIN_PIXELS  # no degenerate/NaN matrices into the eigenvectors: identity stands in
+    ok = mask.sum(-1) >= MIN_PIXELS  # no degenerate/NaN matrices into the eigenvectors: identity stands in
     cov = torch.where(ok[:, None, None], cov, torch.eye(3, dtype=od.dtype, device=od.device).expand_as(cov))
-    e1, e2 = _top2_eigenvectors(cov)  # N x 3: principal and second axes of the stain plane
+    e1, e2 = top2_eigenvectors(cov)  # N x 3: principal and second axes of the stain plane
     # the principal axis points into positive OD, so every pixel's angle lies in (-pi/2, pi/2): no wrap-around
     # (the second axis's sign does not matter: flipping it swaps the two percentiles, same two vectors)
     e1 = e1 * torch.where(e1.sum(-1, keepdim=True) < 0, -1.0, 1.0)
     t1, t2 = (od * e1[:, None]).sum(-1), (od * e2[:, None]).sum(-1)
     phi = torch.atan2(t2, t1)
-    lo, hi = _masked_quantile(phi, mask, alpha / 100.0), _masked_quantile(phi, mask, 1.0 - alpha / 100.0)
+    lo, hi = masked_quantile(phi, mask, alpha / 100.0), masked_quantile(phi, mask, 1.0 - alpha / 100.0)
     v_lo = e1 * lo.cos()[:, None] + e2 * lo.sin()[:, None]
     v_hi = e1 * hi.cos()[:, None] + e2 * hi.sin()[:, None]
     # haematoxylin absorbs more red than eosin does (Ruifrok-Johnston: 0.65 vs 0.07 of unit OD)
@@ -111,11 +111,11 @@ class _StainNormaliser(nn.Module):
             return x
         n, _, h, w = x.shape
         with torch.autocast(x.device.type, enabled=False):  # float32 even inside a bf16/fp16-mixed step
-            pix = _pixels(x)
-            od = _optical_density(pix, self.io)
-            mask = _tissue_mask(od, self.beta, self.od_max)
+            pix = to_pixels(x)
+            od = optical_density(pix, self.io)
+            mask = tissue_mask(od, self.beta, self.od_max)
             out = self._normalise(pix, od, mask)
-            keep = _enough_tissue(mask, self.min_tissue) & out.isfinite().all(-1).all(-1)
+            keep = enough_tissue(mask, self.min_tissue) & out.isfinite().all(-1).all(-1)
             out = torch.where(keep[:, None, None], out, pix).transpose(1, 2).reshape(n, 3, h, w).to(x.dtype)
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             out = out.contiguous(memory_format=torch.channels_last)
@@ -169,8 +169,8 @@ class MacenkoNormaliser(_StainNormaliser):
 
     def _normalise(self, pix: torch.Tensor, od: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         stains = _macenko_stains(od, mask, self.alpha)
-        conc = _concentrations(od, stains)  # N x P x 2
-        max_c = torch.stack([_masked_quantile(conc[..., i], mask, 0.99) for i in range(2)], -1)  # N x 2
+        conc = concentrations(od, stains)  # N x P x 2
+        max_c = torch.stack([masked_quantile(conc[..., i], mask, 0.99) for i in range(2)], -1)  # N x 2
         conc = conc * (self.max_c / max_c.clamp_min(1e-6))[:, None]
         # inverse of the OD definition above (I + 1 = io * exp(-OD)), back to [0, 1]
         return ((self.io * torch.exp(-(conc @ self.stain_matrix)) - 1.0) / 255.0).clamp(0.0, 1.0)
@@ -210,7 +210,7 @@ class ReinhardNormaliser(_StainNormaliser):
 
     def _normalise(self, pix: torch.Tensor, od: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lab = rgb_to_lab(pix)
-        mean, std = _masked_mean_std(lab, mask)
+        mean, std = masked_mean_std(lab, mask)
         out = lab_to_rgb((lab - mean[:, None]) / std.clamp_min(1e-3)[:, None] * self.std + self.mean)
         # Statistics are over tissue only, so the background would be mapped with the tissue's (small) std
         # and tinted; fade the mapping out below the tissue threshold so glass stays glass (0 at OD 0, 1 at
@@ -260,10 +260,10 @@ def fit_stain(
         raise HistoscanInputError(f"stain {method}: unknown option(s) {', '.join(unknown)}")
     opts = {k: float(options.get(k, DEFAULTS[k])) for k in _KEYS[method] if k in DEFAULTS}
     pix = _reference_pixels(images)
-    od = _optical_density(pix, opts["io"])
-    mask = _tissue_mask(od, opts["beta"], opts["od_max"])
+    od = optical_density(pix, opts["io"])
+    mask = tissue_mask(od, opts["beta"], opts["od_max"])
     n_tissue = int(mask.sum())
-    if n_tissue < _MIN_PIXELS:
+    if n_tissue < MIN_PIXELS:
         raise HistoscanInputError(f"stain reference: only {n_tissue} tissue pixels (blank or black images?)")
     pix, od = pix[mask][None], od[mask][None]  # pooled tissue pixels, 1 x T x 3
     if pix.shape[1] > _FIT_MAX_PIXELS:
@@ -274,11 +274,11 @@ def fit_stain(
     ref = {"n_images": n_images, "n_tissue_pixels": n_tissue}
     if method == "macenko":
         stains = _macenko_stains(od.double(), mask, opts["alpha"])
-        conc = _concentrations(od.double(), stains)
-        max_c = [float(_masked_quantile(conc[..., i], mask, 0.99)[0]) for i in range(2)]
+        conc = concentrations(od.double(), stains)
+        max_c = [float(masked_quantile(conc[..., i], mask, 0.99)[0]) for i in range(2)]
         cfg = {"method": method, "stain_matrix": stains[0].tolist(), "max_concentrations": max_c, **opts}
     else:
-        mean, std = _masked_mean_std(rgb_to_lab(pix.double()), mask)
+        mean, std = masked_mean_std(rgb_to_lab(pix.double()), mask)
         cfg = {"method": method, "mean": mean[0].tolist(), "std": std[0].tolist(), **opts}
     cfg["reference"] = ref
     normaliser_from_config(cfg)  # validates what was fitted

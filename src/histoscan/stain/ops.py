@@ -6,7 +6,7 @@ import math
 
 import torch
 
-_MIN_PIXELS = 16  # absolute floor of tissue pixels for a covariance / percentile estimate
+MIN_PIXELS = 16  # absolute floor of tissue pixels for a covariance / percentile estimate
 
 # sRGB (D65) <-> CIE XYZ, and the D65 white point (the values OpenCV uses)
 _XYZ_FROM_RGB = torch.tensor(
@@ -21,23 +21,23 @@ _DELTA = 6.0 / 29.0
 # ---------------------------------------------------------------- shared tensor helpers (N x P x 3 pixels)
 
 
-def _pixels(x: torch.Tensor) -> torch.Tensor:
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
     """N x 3 x H x W -> N x P x 3 float32."""
     return x.float().flatten(2).transpose(1, 2)
 
 
-def _optical_density(pix: torch.Tensor, io: float) -> torch.Tensor:
+def optical_density(pix: torch.Tensor, io: float) -> torch.Tensor:
     return -torch.log(((pix * 255.0 + 1.0) / io).clamp(max=1.0))
 
 
-def _tissue_mask(od: torch.Tensor, beta: float, od_max: float) -> torch.Tensor:
+def tissue_mask(od: torch.Tensor, beta: float, od_max: float) -> torch.Tensor:
     # Mean OD, not Macenko's "every channel above beta": pale eosin-stained stroma has a bright red channel,
     # and the every-channel rule called 20% of real idc-breast patches blank (mean rule: 0.5%); a mean OD
     # above 0.15 still keeps near-white pixels, whose stain-plane angles are noise, out of the estimate.
     return (od.mean(-1) > beta) & (od.amax(-1) < od_max)
 
 
-def _masked_quantile(v: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+def masked_quantile(v: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
     """Per-row q-quantile (0..1, linear interpolation as numpy.percentile) of v[mask]; rows without any: 0."""
     n = mask.sum(-1)
     srt = torch.where(mask, v, torch.full_like(v, math.inf)).sort(-1).values
@@ -50,7 +50,7 @@ def _masked_quantile(v: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Ten
     return torch.where(n > 0, out, torch.zeros_like(out))
 
 
-def _masked_mean_std(v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_mean_std(v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row mean and (unbiased) std of N x P x C values over the masked pixels -> N x C each."""
     w = mask.to(v.dtype)[..., None]
     n = w.sum(1).clamp_min(2.0)
@@ -59,17 +59,17 @@ def _masked_mean_std(v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     return mean, var.sqrt()
 
 
-def _enough_tissue(mask: torch.Tensor, min_tissue: float) -> torch.Tensor:
-    return mask.sum(-1) >= max(_MIN_PIXELS, math.ceil(min_tissue * mask.shape[-1]))
+def enough_tissue(mask: torch.Tensor, min_tissue: float) -> torch.Tensor:
+    return mask.sum(-1) >= max(MIN_PIXELS, math.ceil(min_tissue * mask.shape[-1]))
 
 
-def _top2_eigenvectors(cov: torch.Tensor, squarings: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+def top2_eigenvectors(cov: torch.Tensor, squarings: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvectors of the two largest eigenvalues of symmetric PSD 3 x 3 matrices (N x 3 x 3 -> 2 x N x 3).
 
     Hand-rolled instead of torch.linalg.eigh, which has no ONNX operator: with it, a model trained with
     Macenko normalisation could not be exported. Repeated squaring (power iteration with exponent 2^12)
     gives the principal axis; the second is the major axis of the 2 x 2 restriction to its complement,
-    in closed form. Matches eigh to ~1e-6 (tests/test_stain.py).
+    in closed form. Matches eigh to ~1e-6 (tests/stain/test_ops.py).
     """
     b = cov / cov.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-20)[:, None, None]
     for _ in range(squarings):
@@ -89,7 +89,7 @@ def _top2_eigenvectors(cov: torch.Tensor, squarings: int = 12) -> tuple[torch.Te
     return e1, e2
 
 
-def _concentrations(od: torch.Tensor, stains: torch.Tensor) -> torch.Tensor:
+def concentrations(od: torch.Tensor, stains: torch.Tensor) -> torch.Tensor:
     """Least-squares H/E concentrations N x P x 2 of OD pixels N x P x 3 for stain vectors N x 2 x 3."""
     gram = stains @ stains.transpose(1, 2)  # N x 2 x 2, inverted in closed form (no lstsq/pinv kernel needed)
     a, b, d = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]

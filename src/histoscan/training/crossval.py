@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,11 @@ import numpy as np
 from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.evaluate import evaluate
-from histoscan.inference.predictor import read_threshold
 from histoscan.evaluation.metrics import compute_metrics
+from histoscan.inference.card import threshold_fields
+from histoscan.run import RunDir
 from histoscan.training.train import train
+from histoscan.utils.fs import atomic_path, atomic_write_json, guard_output
 
 
 def _read_predictions(path: Path) -> list[dict[str, str]]:
@@ -31,9 +32,10 @@ def crossval(config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = Fa
     Each fold's threshold is its own run's (chosen on that run's validation patients); the pooled metrics use the
     pooled per-patch decisions, so no threshold is ever fitted on test patients.
     """
-    out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise HistoscanInputError(f"--out {out}: folder exists and is not empty (use --force to overwrite)")
+    config.validate()
+    if folds < 2:
+        raise HistoscanInputError(f"--folds {folds}: must be at least 2")
+    out = guard_output(config.out, force, "folder", "--out")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     per_fold: list[dict[str, Any]] = []
@@ -44,7 +46,7 @@ def crossval(config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = Fa
         run = train(cfg, force=True)
         metrics = evaluate(run, config.data, out=run / "eval", tta=tta)
         seconds = time.perf_counter() - t
-        threshold = read_threshold(run)
+        threshold = threshold_fields(RunDir(run).read_threshold())[0]
         fold_rows = _read_predictions(run / "eval" / "predictions.csv")
         for r in fold_rows:
             r["fold"], r["decision"] = str(k), str(int(float(r["probability"]) >= threshold))
@@ -73,8 +75,8 @@ def crossval(config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = Fa
         "pooled": pooled,
         "per_fold": per_fold,
     }
-    (out / "cv.json").write_text(json.dumps(result, indent=2))
-    with (out / "predictions.csv").open("w", newline="") as f:
+    atomic_write_json(out / "cv.json", result)
+    with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["id", "group", "label", "probability", "fold", "decision"])
         w.writeheader()
         w.writerows({k: r[k] for k in w.fieldnames} for r in rows)

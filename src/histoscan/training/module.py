@@ -15,9 +15,10 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from histoscan.data.augment import BatchAugment
 from histoscan.config import TrainConfig
-from histoscan.inference.predictor import build_classifier
+from histoscan.data.augment import BatchAugment
+from histoscan.models.classifier import build_classifier
+from histoscan.utils.fs import atomic_path
 
 METRIC_COLUMNS = [
     "epoch",
@@ -34,7 +35,7 @@ METRIC_COLUMNS = [
 
 class PatchModule(L.LightningModule):
     """Binary tumour/normal classifier. Checkpoints hold `config`, `image_size` and `mpp` as hyper-parameters,
-    which is what `histoscan.inference.predictor.load_model` reads back."""
+    which is what `histoscan.inference.predictor.load_checkpoint` reads back."""
 
     def __init__(self, config: dict[str, Any], image_size: int, mpp: float | None):
         super().__init__()
@@ -130,9 +131,11 @@ class MetricsCSV(L.Callback):
             row[k] = f"{float(m[k]):.6f}" if k in m else ""
         row["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}"
         row["seconds"] = f"{time.perf_counter() - self._t0:.1f}"
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
+        rows = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:  # never a half-written row
             w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+            w.writeheader()
+            w.writerows(rows + [row])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shutil
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,15 @@ from lightning.pytorch.callbacks import BackboneFinetuning, EarlyStopping, Model
 
 from histoscan.config import TrainConfig
 from histoscan.data.loader import StoreDataModule
-from histoscan.data.splits import check_grouping, make_folds, make_split, write_split
+from histoscan.data.splits import check_grouping, make_folds, make_split
 from histoscan.data.store import PatchStore, require_labelled, resolve_store
-from histoscan.errors import HistoscanInputError
-from histoscan.inference.predictor import load_model
+from histoscan.errors import HistoscanInputError, Interrupted
+from histoscan.evaluation.metrics import choose_run_threshold
+from histoscan.inference.predictor import load_torch_predictor
+from histoscan.models import REGISTRY, check_model_name
+from histoscan.run import RunDir
 from histoscan.training.module import EpochSeeding, MetricsCSV, PatchModule
-from histoscan.models import REGISTRY
+from histoscan.utils.fs import atomic_path, guard_output
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +39,19 @@ def _precision(config: TrainConfig) -> str:
     return "32-true"
 
 
-def _prepare_run_dir(run: Path, force: bool, resume: bool) -> None:
-    if resume:
-        if not (run / "checkpoints" / "last.ckpt").is_file():
-            raise HistoscanInputError(f"--resume: {run}/checkpoints/last.ckpt not found")
-        return
-    if run.exists() and any(run.iterdir()):
-        if not force:
-            raise HistoscanInputError(
-                f"--out {run}: run folder exists and is not empty (use --force to overwrite)"
-            )
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-
-
 def _trim_metrics(path: Path, before_epoch: int) -> None:
     """On resume, drop metric rows of epochs that will be trained again."""
     if not path.is_file():
         return
     with path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
-        w.writeheader()
-        w.writerows(rows)
     if not rows:
         path.unlink()
+        return
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def split_store(store: PatchStore, config: TrainConfig) -> np.ndarray:
@@ -99,22 +89,36 @@ def _fold_split(store: PatchStore, groups: list[str] | None, config: TrainConfig
     return split
 
 
-def build_trainer(config: TrainConfig, run: Path, callbacks: list[L.Callback] | None = None) -> L.Trainer:
-    """A Trainer with early stopping, best/last checkpoints, per-epoch metrics.csv and the run's precision."""
+class CommitRun(L.Callback):
+    """Move a staged run folder into place when training starts (rank 0; the others wait for it)."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.run.commit()
+        trainer.strategy.barrier("histoscan-commit-run")
+
+
+def build_trainer(config: TrainConfig, run: RunDir, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """A Trainer with early stopping, best/last checkpoints, per-epoch metrics.csv and the run's precision.
+
+    Files go to the run's final place (`run.final`): Lightning writes them only after :class:`CommitRun`
+    has moved the staged folder there.
+    """
     mode = "max" if config.monitor == "val_auc" else "min"
+    ckpt_dir = run.final_path(RunDir.CHECKPOINTS)
     cbs: list[L.Callback] = [
+        CommitRun(run),
         EpochSeeding(config.seed),
-        MetricsCSV(run / "metrics.csv"),
+        MetricsCSV(run.final_path(RunDir.METRICS)),
         EarlyStopping(config.monitor, patience=config.patience, mode=mode),
         ModelCheckpoint(
-            run / "checkpoints",
-            filename="best",
-            monitor=config.monitor,
-            mode=mode,
-            enable_version_counter=False,
+            ckpt_dir, filename=RunDir.BEST, monitor=config.monitor, mode=mode, enable_version_counter=False
         ),
         # last.ckpt every epoch whatever the monitor did (save_last only follows top-k saves): what --resume uses
-        ModelCheckpoint(run / "checkpoints", filename="last", monitor=None, enable_version_counter=False),
+        ModelCheckpoint(ckpt_dir, filename=RunDir.LAST, monitor=None, enable_version_counter=False),
     ]
     if config.freeze_epochs > 0:
         cbs.append(
@@ -136,7 +140,7 @@ def build_trainer(config: TrainConfig, run: Path, callbacks: list[L.Callback] | 
         precision=_precision(config),
         callbacks=cbs,
         logger=False,
-        default_root_dir=str(run),
+        default_root_dir=str(run.final),
         limit_train_batches=config.limit_batches,
         limit_val_batches=config.limit_batches,
         num_sanity_val_steps=0,
@@ -150,31 +154,57 @@ def build_trainer(config: TrainConfig, run: Path, callbacks: list[L.Callback] | 
 def train(config: TrainConfig, force: bool = False, resume: bool = False) -> Path:
     """Train a model as configured; returns the run folder.
 
+    A new run is staged in a hidden sibling of `config.out` and moved into place when training starts, so a
+    start that fails (bad data, bad option) leaves nothing behind and an existing run untouched.
+
     Args:
         config: the run's configuration (`config.out` is the run folder).
-        force: overwrite an existing non-empty run folder.
+        force: replace an existing non-empty run folder.
         resume: continue from RUN/checkpoints/last.ckpt (the config is read from the run; only `epochs` may grow).
+
+    Raises:
+        HistoscanInputError: bad data or options.
+        Interrupted: Ctrl-C; the message says what was saved and how to continue.
     """
-    run = Path(config.out)
+    config.validate()
     if resume:
-        _prepare_run_dir(run, force, resume)
-        saved = TrainConfig.load(run / "config.yaml")
+        run = RunDir.open(config.out)
+        if not run.last_ckpt.is_file():
+            raise HistoscanInputError(f"--resume: {run.last_ckpt} not found")
+        saved = run.read_config()
         saved.epochs = config.epochs
         config = saved
+    else:
+        check_model_name(config.model)
+        guard_output(config.out, force, "folder", "--out")
     store = resolve_store(config.data, image_size=config.image_size, fit=config.fit, skip_bad=config.skip_bad)
     require_labelled(store, both_classes=True, name=config.data)
     spec = REGISTRY.get(config.model)
     if config.freeze_epochs > 0 and (spec is None or spec.weights_prefix != "backbone."):
         raise HistoscanInputError(f"--freeze-epochs: model {config.model} has no separate backbone to freeze")
-    if not resume:
-        _prepare_run_dir(run, force, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
     split = split_store(store, config)
-    config.save(run / "config.yaml")
-    write_split(run / "split.csv", store.ids, store.labels, store.groups, split)
-    mpp = config.mpp if config.mpp is not None else store.meta.get("mpp")
-    (run / "data.json").write_text(json.dumps(_data_summary(store, split), indent=2))
+    if not resume:
+        run = RunDir.stage(config.out, force)
+    try:
+        trainer = _fit(run, config, store, split, resume)
+    except BaseException:
+        run.discard()
+        raise
+    if trainer.is_global_zero:
+        _choose_threshold(
+            run, store, np.flatnonzero(split == "val"), config.batch_size, config.target_sensitivity
+        )
+    return run.path
 
+
+def _fit(run: RunDir, config: TrainConfig, store: PatchStore, split: np.ndarray, resume: bool) -> L.Trainer:
+    """Write the run's files and train; turns Lightning's Ctrl-C exit into :class:`Interrupted`."""
+    if not resume:
+        run.write_config(config)
+        run.write_split(store.ids, store.labels, store.groups, split)
+        run.write_data(_data_summary(store, split))
+    mpp = config.mpp if config.mpp is not None else store.meta.get("mpp")
     rows = np.arange(len(store))
     dm = StoreDataModule(
         store.images,
@@ -190,17 +220,38 @@ def train(config: TrainConfig, force: bool = False, resume: bool = False) -> Pat
     trainer = build_trainer(config, run)
     ckpt_path = None
     if resume:
-        ckpt_path = run / "checkpoints" / "last.ckpt"
+        ckpt_path = run.last_ckpt
         _trim_metrics(
-            run / "metrics.csv", torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"] + 1
+            run.metrics_path, torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"] + 1
         )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*The number of training batches.*")
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    if trainer.is_global_zero:
-        _choose_threshold(run, store, rows[split == "val"], config.batch_size, config.target_sensitivity)
-    return run
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*The number of training batches.*")
+            warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning ends a Ctrl-C'd fit with sys.exit(1) after its graceful shutdown
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left Ctrl-C ignored
+        if trainer.interrupted:
+            raise Interrupted(_interrupted_message(run, config, resume)) from None
+        raise
+    if trainer.interrupted:  # a callback stopped the run through KeyboardInterrupt without exiting
+        raise Interrupted(_interrupted_message(run, config, resume))
+    return trainer
+
+
+def _interrupted_message(run: RunDir, config: TrainConfig, resume: bool) -> str:
+    """What Ctrl-C left behind, and the command that continues from it. Removes a new run with no epoch."""
+    if run.last_ckpt.is_file():
+        return (
+            f"saved {run.path} after {run.epochs_done()} epoch(s) (checkpoints/last.ckpt); continue with: "
+            f"histoscan train --data {config.data} --out {config.out} --resume"
+        )
+    if resume:
+        again = f"histoscan train --data {config.data} --out {config.out} --resume"
+        return f"{run.path} is as it was; continue with: {again}"
+    shutil.rmtree(run.path, ignore_errors=True)  # committed, but no epoch finished: nothing worth keeping
+    return f"no epoch finished, nothing saved ({run.final} removed)"
 
 
 def _data_summary(store: PatchStore, split: np.ndarray) -> dict[str, Any]:
@@ -223,12 +274,10 @@ def _data_summary(store: PatchStore, split: np.ndarray) -> dict[str, Any]:
 
 
 def _choose_threshold(
-    run: Path, store: PatchStore, val_rows: np.ndarray, batch_size: int, target_sensitivity: float | None
+    run: RunDir, store: PatchStore, val_rows: np.ndarray, batch_size: int, target_sensitivity: float | None
 ) -> None:
     """Pick the decision threshold on the validation split with the best checkpoint; store RUN/threshold.json."""
-    from histoscan.evaluation.metrics import choose_run_threshold
-
-    model = load_model(run)
-    probs = model.predict_proba(store.images[np.sort(val_rows)], batch_size=max(batch_size, 128))
-    result = choose_run_threshold(store.labels[np.sort(val_rows)], probs, target_sensitivity)
-    (run / "threshold.json").write_text(json.dumps(result, indent=2))
+    predictor = load_torch_predictor(run.path)
+    rows = np.sort(val_rows)
+    probs = predictor.predict_proba(store.images[rows], batch_size=max(batch_size, 128))
+    run.write_threshold(choose_run_threshold(store.labels[rows], probs, target_sensitivity))

@@ -37,7 +37,9 @@ def guard_output(
         if p.exists() and not p.is_dir():
             raise HistoscanInputError(f"{option} {p}: exists and is not a folder")
         if p.is_dir() and any(p.iterdir()) and not force:
-            raise HistoscanInputError(f"{option} {p}: folder exists and is not empty (use --force to overwrite)")
+            raise HistoscanInputError(
+                f"{option} {p}: folder exists and is not empty (use --force to overwrite)"
+            )
     else:
         if p.is_dir():
             raise HistoscanInputError(f"{option} {p}: is a folder; give a file name such as {p / 'out.csv'}")

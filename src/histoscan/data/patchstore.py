@@ -1,0 +1,146 @@
+"""PatchStore: a prepared store opened read-only (images.npy memory-mapped, index.csv, meta.json), and
+StoreSource, which reads one back as the input of another `prepare` (e.g. at another size)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from histoscan.data.base import Batch, Part, Source
+from histoscan.data.images import Fit, fit_image
+from histoscan.errors import HistoscanInputError
+
+STORE_VERSION = 1
+FILES = ("meta.json", "index.csv", "images.npy")
+INDEX_COLUMNS = ["id", "label", "group", "source", "split"]
+
+
+def is_store(path: Path) -> bool:
+    """Whether `path` is a prepared store folder (meta.json + index.csv + images.npy)."""
+    return path.is_dir() and all((path / f).is_file() for f in FILES)
+
+
+class PatchStore:
+    """A prepared store opened read-only: `images` is a memory map, the index lives in memory."""
+
+    def __init__(
+        self,
+        path: Path,
+        images: np.ndarray,
+        ids: list[str],
+        labels: np.ndarray,
+        groups: list[str],
+        sources: list[str],
+        splits: list[str],
+        meta: dict,
+    ):
+        self.path, self.images, self.ids, self.labels = path, images, ids, labels
+        self.groups, self.sources, self.splits, self.meta = groups, sources, splits, meta
+
+    @classmethod
+    def open(cls, root: str | Path) -> PatchStore:
+        """Open STORE (raises HistoscanInputError when it is missing, incomplete or inconsistent)."""
+        root = Path(root).expanduser()
+        if not is_store(root):
+            missing = [f for f in FILES if not (root / f).is_file()]
+            raise HistoscanInputError(f"{root}: not a prepared store (missing {', '.join(missing)})")
+        try:
+            meta = json.loads((root / "meta.json").read_text())
+            images = np.load(root / "images.npy", mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise HistoscanInputError(f"{root}: damaged store ({e})") from None
+        with open(root / "index.csv", newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            if header != INDEX_COLUMNS:
+                raise HistoscanInputError(f"{root / 'index.csv'}: header {header}, expected {INDEX_COLUMNS}")
+            rows = list(reader)
+        if len(rows) != len(images) or images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+            raise HistoscanInputError(
+                f"{root}: index.csv has {len(rows)} rows but images.npy is {images.shape} {images.dtype}"
+            )
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 5
+        labels = np.array([int(v) if v not in ("", "-1") else -1 for v in cols[1]], dtype=np.int8)
+        return cls(root, images, list(cols[0]), labels, list(cols[2]), list(cols[3]), list(cols[4]), meta)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def size(self) -> int:
+        """Patch side in pixels."""
+        return int(self.images.shape[1])
+
+    @property
+    def has_labels(self) -> bool:
+        """Every patch has a 0/1 label."""
+        return len(self) > 0 and bool((self.labels >= 0).all())
+
+    @property
+    def has_groups(self) -> bool:
+        """At least one patch has a known group (patient/slide)."""
+        return any(self.groups)
+
+    def __repr__(self) -> str:
+        return f"PatchStore({self.path}, n={len(self)}, size={self.size}, format={self.meta.get('format')})"
+
+
+def require_labelled(store: PatchStore, both_classes: bool = True, name: str | Path | None = None) -> None:
+    """Raise HistoscanInputError unless every patch is labelled (and, if asked, both classes occur).
+
+    `name` is what the message names (the user's DATA argument); default the store's folder.
+    """
+    where = name if name is not None else store.path
+    if len(store) == 0:
+        raise HistoscanInputError(f"{where}: the store holds no images")
+    if not store.has_labels:
+        n = int((store.labels < 0).sum())
+        raise HistoscanInputError(f"{where}: {n} of {len(store)} images have no label; labelled data needed")
+    if both_classes:
+        counts = np.bincount(store.labels.astype(np.int64), minlength=2)
+        if counts.min() == 0:
+            only = int(counts.argmax())
+            raise HistoscanInputError(
+                f"{where}: only class {only} ({counts[only]} images); need both 0 (normal) and 1 (tumor)"
+            )
+
+
+class StoreSource(Source):
+    """A prepared store used as input (re-packing it, e.g. at another size)."""
+
+    kind = "store"
+
+    def __init__(self, root: Path, part: Part = "auto"):
+        self.store = PatchStore.open(root)
+        if part == "labelled" and not self.store.has_labels:
+            raise HistoscanInputError(f"{root}: has no labels (part 'labelled' asked for)")
+        self.path, self.part = root, "labelled" if self.store.has_labels else "unlabelled"
+        self.mpp, self.native_size = self.store.meta.get("mpp"), self.store.size
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def labelled(self) -> bool:
+        return self.store.has_labels
+
+    def inputs(self) -> list[Path]:
+        return [self.path / f for f in FILES]
+
+    def batches(self, size: int, fit: Fit, skip_bad: bool, batch_size: int = 4096) -> Iterator[Batch]:
+        s = self.store
+        for a in range(0, len(s), batch_size):
+            b = min(a + batch_size, len(s))
+            x = np.asarray(s.images[a:b])
+            notes: Counter[str] = Counter()
+            if x.shape[1] != size:
+                x = np.stack([fit_image(im, size, fit) for im in x])
+                notes["resized" if fit == "resize" else "padded" if s.size < size else "cropped"] += len(x)
+            yield Batch(
+                x, s.ids[a:b], s.labels[a:b].tolist(), s.groups[a:b], s.sources[a:b], s.splits[a:b], notes
+            )

@@ -1,0 +1,66 @@
+"""ModelCard: the frozen facts a model carries into every stage (size, µm/px, fit, threshold, preprocessing)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from histoscan.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a trained model expects and how it decides; built once when a model is loaded.
+
+    Attributes:
+        model: registry name (e.g. "simple-cnn").
+        image_size: patch side in px the model takes (uint8 S x S x 3).
+        mpp: µm/px of the training patches (None when unknown).
+        fit: how images of another size are fitted ("pad" or "resize"), as in training.
+        threshold: decision threshold on the tumour probability.
+        threshold_source: where the threshold came from (said in reports and summaries).
+        normalisation: the input normalisation inside the graph.
+        stain: stain normaliser method inside the graph ("none", "macenko", "reinhard").
+        backend: "torch" or "onnx".
+        source: the path the model was loaded from (run folder, checkpoint or .onnx).
+        weights: the weights file (checkpoint or .onnx).
+        run_dir: the run folder, when the model belongs to one.
+        config: the training configuration (rebuilt from ONNX metadata for an export).
+    """
+
+    model: str
+    image_size: int
+    mpp: float | None
+    fit: str
+    threshold: float
+    threshold_source: str
+    normalisation: str
+    stain: str
+    backend: str
+    source: str
+    weights: str
+    run_dir: str | None = None
+    config: TrainConfig | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (the config as a plain dict)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"}
+        d["config"] = self.config.to_dict() if self.config is not None else None
+        return d
+
+    def describe(self) -> str:
+        """One line for console summaries."""
+        mpp = "?" if self.mpp is None else f"{self.mpp:g}"
+        return (
+            f"{self.model} ({self.backend}, {self.image_size} px at {mpp} µm/px, threshold {self.threshold:.3g} "
+            f"from {self.threshold_source})"
+        )
+
+
+def threshold_fields(info: dict[str, Any] | None) -> tuple[float, str]:
+    """(threshold, source) from a run's threshold.json record (None: the default 0.5, said so)."""
+    if info is None:
+        return 0.5, "default 0.5 (the run has no threshold.json)"
+    method = info.get("method", "?")
+    return float(info["threshold"]), f"threshold.json: {method}, chosen on the validation split"

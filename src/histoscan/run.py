@@ -1,0 +1,212 @@
+"""RunDir: the one owner of a run folder's layout. No other module spells a run's file names.
+
+A run folder holds config.yaml (TrainConfig), split.csv, data.json (training store, checksum, counts),
+metrics.csv (one row per epoch), threshold.json (decision threshold chosen on the validation split),
+checkpoints/{best,last}.ckpt and, after `histoscan export`, model.onnx. A new run is built in a hidden sibling
+folder (:meth:`RunDir.stage`) and moved into place by :meth:`RunDir.commit` once training has started, so a
+failed start leaves nothing behind; every file is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoscan.config import TrainConfig
+from histoscan.data.splits import read_split, write_split
+from histoscan.errors import HistoscanInputError
+from histoscan.utils.fs import atomic_path, atomic_write_json, guard_output, replace_folder
+
+
+class RunDir:
+    """A run folder: where each of its files is, and how each is read and written."""
+
+    CONFIG = "config.yaml"
+    SPLIT = "split.csv"
+    DATA = "data.json"
+    METRICS = "metrics.csv"
+    THRESHOLD = "threshold.json"
+    CHECKPOINTS = "checkpoints"
+    BEST = "best"  # checkpoint file stems, as Lightning's ModelCheckpoint(filename=...) takes them
+    LAST = "last"
+    ONNX = "model.onnx"
+
+    def __init__(self, path: str | Path, final: Path | None = None):
+        self.path = Path(path)
+        self.final = final if final is not None else self.path  # where a staged run will be moved
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---- paths -------------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / self.SPLIT
+
+    @property
+    def data_path(self) -> Path:
+        return self.path / self.DATA
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def threshold_path(self) -> Path:
+        return self.path / self.THRESHOLD
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def best_ckpt(self) -> Path:
+        return self.checkpoints / f"{self.BEST}.ckpt"
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.checkpoints / f"{self.LAST}.ckpt"
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / self.ONNX
+
+    def final_path(self, name: str) -> Path:
+        """Where file `name` of this run will be once committed (Lightning writes there after the move)."""
+        return self.final / name
+
+    def eval_dir(self, data: str | Path) -> Path:
+        """Default output folder of `histoscan evaluate` on DATA: RUN/eval-<data name>."""
+        name = Path(data).expanduser().resolve().name or "data"
+        return self.path / f"eval-{Path(name).stem}"
+
+    # ---- finding runs ------------------------------------------------------------------------------------
+    @classmethod
+    def is_run(cls, path: str | Path) -> bool:
+        """Whether `path` is a run folder (has config.yaml or a checkpoints/ folder)."""
+        p = Path(path)
+        return p.is_dir() and ((p / cls.CONFIG).is_file() or (p / cls.CHECKPOINTS).is_dir())
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run folder; raises naming `path` when it is not one."""
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise HistoscanInputError(f"{p}: no such run folder")
+        if not cls.is_run(p):
+            raise HistoscanInputError(f"{p}: not a run folder (no {cls.CONFIG} or {cls.CHECKPOINTS}/)")
+        return cls(p)
+
+    @classmethod
+    def of_checkpoint(cls, ckpt: str | Path) -> RunDir | None:
+        """The run a checkpoint file belongs to (RUN/checkpoints/x.ckpt with RUN/config.yaml), else None."""
+        p = Path(ckpt)
+        run = p.parent.parent if p.parent.name == cls.CHECKPOINTS else p.parent
+        return cls(run) if (run / cls.CONFIG).is_file() else None
+
+    def checkpoint(self) -> Path:
+        """best.ckpt, else last.ckpt; raises when the run has neither (e.g. training never finished an epoch)."""
+        for path in (self.best_ckpt, self.last_ckpt):
+            if path.is_file():
+                return path
+        raise HistoscanInputError(
+            f"{self.path}: run has no checkpoint ({self.CHECKPOINTS}/best.ckpt or last.ckpt)"
+        )
+
+    # ---- creating a run ----------------------------------------------------------------------------------
+    @classmethod
+    def stage(cls, out: str | Path, force: bool) -> RunDir:
+        """A new run, built in a hidden sibling of `out` until :meth:`commit`.
+
+        A non-empty `out` needs `force`; it is replaced only at commit, so a start that fails leaves it as it was.
+        """
+        final = guard_output(out, force, "folder", "--out").resolve()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+        return cls(tmp, final=final)
+
+    @property
+    def staged(self) -> bool:
+        """Whether this run is still in its staging folder."""
+        return self.path != self.final
+
+    def commit(self) -> RunDir:
+        """Move a staged run into place (replacing what --force allowed to replace); no-op when not staged."""
+        if self.staged:
+            replace_folder(self.path, self.final)
+            self.path = self.final
+        return self
+
+    def discard(self) -> None:
+        """Remove a staged (uncommitted) run folder."""
+        if self.staged and self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    # ---- files -------------------------------------------------------------------------------------------
+    def read_config(self) -> TrainConfig:
+        """RUN/config.yaml as a validated TrainConfig."""
+        return TrainConfig.load(self.config_path)
+
+    def write_config(self, config: TrainConfig) -> None:
+        config.save(self.config_path)
+
+    def read_data(self) -> dict[str, Any]:
+        """RUN/data.json (training store, checksum, image size, µm/px, split counts); {} when absent."""
+        return self._read_json(self.data_path) or {}
+
+    def write_data(self, info: dict[str, Any]) -> None:
+        atomic_write_json(self.data_path, info)
+
+    def read_split(self) -> dict[str, str]:
+        """id -> "train"/"val"/"test" from RUN/split.csv; {} when absent."""
+        if not self.split_path.is_file():
+            return {}
+        try:
+            return read_split(self.split_path)
+        except (KeyError, ValueError) as e:
+            raise HistoscanInputError(f"{self.split_path}: not a split file ({e})") from None
+
+    def write_split(self, ids: list[str], labels: np.ndarray, groups: list[str], split: np.ndarray) -> None:
+        with atomic_path(self.split_path) as tmp:
+            write_split(tmp, ids, labels, groups, split)
+
+    def read_threshold(self) -> dict[str, Any] | None:
+        """RUN/threshold.json with a float `threshold`, or None when absent; a malformed file is an input error."""
+        info = self._read_json(self.threshold_path)
+        if info is None:
+            return None
+        try:
+            info["threshold"] = float(info["threshold"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise HistoscanInputError(f"{self.threshold_path}: not a threshold file ({e})") from None
+        return info
+
+    def write_threshold(self, info: dict[str, Any]) -> None:
+        atomic_write_json(self.threshold_path, info)
+
+    def epochs_done(self) -> int:
+        """Epochs recorded in RUN/metrics.csv (0 when there is none)."""
+        if not self.metrics_path.is_file():
+            return 0
+        return max(0, len(self.metrics_path.read_text().strip().splitlines()) - 1)
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
+        try:
+            info = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise HistoscanInputError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(info, dict):
+            raise HistoscanInputError(f"{path}: expected a JSON object")
+        return info

@@ -1,0 +1,57 @@
+"""The layering of histoscan's subpackages, checked by import-linter (`[tool.importlinter]` in pyproject.toml).
+
+Top to bottom: cli; serve | bench; training; slide | export; evaluation | explain; inference; run;
+models | data; stain; config; utils; errors. A module may import from the layers below it, never from those
+above, and `|` siblings not from each other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def _lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the venv's lint-imports in `cwd` (which holds the pyproject.toml), without a cache folder."""
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1")  # wide enough that no import chain is wrapped
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_layers_contract_is_kept() -> None:
+    r = _lint_imports(REPO_ROOT)
+    assert r.returncode == 0, f"lint-imports failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}"
+    assert " 0 broken" in r.stdout, r.stdout
+
+
+def test_wrong_way_import_breaks_the_contract(tmp_path: Path) -> None:
+    """The contract can fail: a copy of the source where the bottom layer (errors) imports the top one (cli)."""
+    shutil.copytree(
+        REPO_ROOT / "src" / "histoscan",
+        tmp_path / "src" / "histoscan",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    errors = tmp_path / "src" / "histoscan" / "errors.py"
+    errors.write_text(
+        errors.read_text() + "\nimport histoscan.cli  # wrong way: the bottom layer imports the top\n"
+    )
+
+    r = _lint_imports(tmp_path, pythonpath=tmp_path / "src")
+    assert r.returncode != 0, f"lint-imports passed on a wrong-way import:\n{r.stdout}\n{r.stderr}"
+    assert "BROKEN" in r.stdout, r.stdout
+    assert "histoscan.errors -> histoscan.cli" in r.stdout, r.stdout
