@@ -9,6 +9,7 @@ import numpy as np
 
 from histoscan.evaluation.metrics import compute_metrics
 from histoscan.evaluation.report import confident_errors, write_figures, write_report
+from histoscan.run import RunDir
 
 
 def test_confident_errors_order_and_limit() -> None:
@@ -40,7 +41,7 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     (tmp_path / "run" / "metrics.csv").write_text(
         "epoch,train_loss,val_loss,val_auc\n0,0.7,0.69,0.6\n1,0.5,0.6,\n"
     )
-    figs = write_figures(tmp_path, y, p, m, tmp_path / "run")
+    figs = write_figures(tmp_path, y, p, m, RunDir(tmp_path / "run"))
     assert set(figs) == {"roc", "pr", "confusion", "calibration", "curves"}
     asked = []
     html = write_report(

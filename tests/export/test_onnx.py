@@ -12,10 +12,11 @@ import pytest
 import torch
 from run_fixtures import make_run
 
-from histoscan import __version__, export
+from histoscan import __version__
 from histoscan.cli import main
 from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
+from histoscan.export import onnx as export
 from histoscan.export.onnx import ParityError, export_onnx, read_metadata
 from histoscan.inference.onnx import OnnxPredictor
 from histoscan.inference.predictor import load_predictor
@@ -118,8 +119,9 @@ def test_load_onnx_model_matches_torch_model(runs: dict[str, Path], exported: di
     np.testing.assert_allclose(
         onnx_model.predict_proba(x, batch_size=3), torch_model.predict_proba(x), atol=1e-5
     )
-    assert (onnx_model.image_size, onnx_model.mpp, onnx_model.threshold) == (SIZE, 0.972, 0.37)
-    assert onnx_model.model_name == "simple-cnn" and onnx_model.config.fit == "pad"
+    card = onnx_model.card
+    assert (card.image_size, card.mpp, card.threshold) == (SIZE, 0.972, 0.37)
+    assert card.model == "simple-cnn" and card.config.fit == "pad" and card.fit == "pad"
 
 
 def test_backend_rejects_float_and_wrong_size(exported: dict[str, Path]) -> None:

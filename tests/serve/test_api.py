@@ -33,7 +33,7 @@ def _files(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
 def _expected(run: Path, data: bytes, name: str) -> float:
     model = load_predictor(run)
     img, _ = decode_image(data, name)
-    return float(model.predict_proba(fit_image(img, model.image_size, model.config.fit)[None])[0])
+    return float(model.predict_proba(fit_image(img, model.card.image_size, model.card.fit)[None])[0])
 
 
 def _counter(text: str, endpoint: str, status: int) -> int:

@@ -75,7 +75,8 @@ def test_end_to_end_run_folder(idc_store: Path, tmp_path: Path):
     assert 0 < thr["threshold"] < 1 and thr["method"] == "youden"
     # the seam downstream stages use
     model = load_predictor(run)
-    assert model.image_size == 50 and model.mpp == pytest.approx(4.0) and model.threshold == thr["threshold"]
+    card = model.card
+    assert card.image_size == 50 and card.mpp == pytest.approx(4.0) and card.threshold == thr["threshold"]
     p = model.predict_proba(np.zeros((3, 50, 50, 3), np.uint8))
     assert p.shape == (3,) and ((p > 0) & (p < 1)).all()
     assert TrainConfig.load(run / "config.yaml") == _cfg(idc_store, tmp_path / "run")

@@ -213,11 +213,11 @@ def export_onnx(
         ParityError: ONNX Runtime and PyTorch disagree by more than `tolerance` (no file is left behind).
         HistoscanInputError: bad run, or a stain normaliser that cannot be exported.
     """
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise HistoscanInputError(f"--opset {opset}: choose {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
     out = guard_output(out, force, "file")
     if out.suffix.lower() != ".onnx":
         raise HistoscanInputError(f"--out {out}: give a file name ending in .onnx")
-    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise HistoscanInputError(f"--opset {opset}: choose {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
     predictor = load_torch_predictor(run_or_ckpt, "cpu")
     card = predictor.card
     images, source = _check_images(predictor, check_images)

@@ -168,7 +168,7 @@ def train(config: TrainConfig, force: bool = False, resume: bool = False) -> Pat
     """
     config.validate()
     if resume:
-        run = RunDir.open(config.out)
+        run = RunDir(config.out)
         if not run.last_ckpt.is_file():
             raise HistoscanInputError(f"--resume: {run.last_ckpt} not found")
         saved = run.read_config()
