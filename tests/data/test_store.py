@@ -135,7 +135,7 @@ def test_empty_single_class_and_all_bad(tmp_path: Path) -> None:
 def test_force_and_refusals(tmp_path: Path) -> None:
     write_pcam(tmp_path / "pcam", {"train": 2})
     prepare(tmp_path / "pcam", tmp_path / "store")
-    with pytest.raises(HistoscanInputError, match=r"store: store already exists; use --force"):
+    with pytest.raises(HistoscanInputError, match=r"store: folder exists and is not empty \(use --force"):
         prepare(tmp_path / "pcam", tmp_path / "store")
     assert len(prepare(tmp_path / "pcam", tmp_path / "store", force=True, image_size=32)) == 2
     assert PatchStore.open(tmp_path / "store").size == 32

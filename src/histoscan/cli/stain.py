@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from histoscan.errors import HistoscanInputError
+from histoscan.utils.fs import guard_output, staged_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="reference patches or folders of them")
     f.add_argument("--method", choices=["macenko", "reinhard"], default="macenko", help="default macenko")
     f.add_argument("--out", required=True, help="output file, e.g. stain.json")
+    f.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     f.add_argument(
         "--max-images", type=int, default=500, help="fit on a seeded sample of this many (default 500)"
     )
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a = sub.add_parser("apply", help="write stain-normalised PNG copies of patches (to inspect a fit)")
     a.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     a.add_argument("--stain", required=True, help="parameters from `histoscan stain fit`")
-    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--out", required=True, help="output folder (written in full or not at all)")
+    a.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     a.set_defaults(func=run)
 
 
@@ -42,12 +44,13 @@ def _fit(args: argparse.Namespace) -> int:
     if args.max_images < 1:
         raise HistoscanInputError("--max-images: must be at least 1")
     files = collect_images(args.images, recursive=True)
+    guard_output(args.out, args.force, "file")
     if len(files) > args.max_images:
         pick = np.random.default_rng(args.seed).choice(len(files), args.max_images, replace=False)
         files = [files[i] for i in sorted(pick)]
     cfg = fit_stain([decode_image(f, str(f))[0] for f in files], args.method)
     cfg["reference"]["sources"] = list(args.images)
-    out = save_stain(cfg, args.out)
+    out = save_stain(cfg, args.out, force=args.force)
     params = {k: v for k, v in cfg.items() if k in ("stain_matrix", "max_concentrations", "mean", "std")}
     print(
         f"{args.method} fitted on {len(files)} images ({cfg['reference']['n_tissue_pixels']} tissue pixels)"
@@ -67,9 +70,9 @@ def _apply(args: argparse.Namespace) -> int:
     from histoscan.stain import load_stain, normaliser_from_config
 
     norm = normaliser_from_config(load_stain(args.stain))
-    files, out = collect_images(args.images, recursive=True), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode():
+    files = collect_images(args.images, recursive=True)
+    guard_output(args.out, args.force, "folder")
+    with staged_folder(args.out, args.force) as out, torch.inference_mode():
         for i in range(0, len(files), 256):  # batches of same-sized images through the batched normaliser
             chunk = files[i : i + 256]
             imgs = [decode_image(f, str(f))[0] for f in chunk]
@@ -80,7 +83,7 @@ def _apply(args: argparse.Namespace) -> int:
                 for j, im in zip(idx, y, strict=True):
                     Image.fromarray(im).save(out / f"{chunk[j].stem}.png")
     print(
-        f"wrote {len(files)} normalised images to {out} ({norm.n_skipped} with too little tissue, unchanged)"
+        f"wrote {len(files)} normalised images to {args.out} ({norm.n_skipped} with too little tissue, unchanged)"
     )
     return 0
 

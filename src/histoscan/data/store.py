@@ -28,6 +28,7 @@ from histoscan.data.detect import detect_source
 from histoscan.data.images import Fit
 from histoscan.data.patchstore import INDEX_COLUMNS, STORE_VERSION, PatchStore, is_store, require_labelled
 from histoscan.errors import HistoscanInputError
+from histoscan.utils.fs import guard_output, replace_folder
 from histoscan.utils.paths import cache_dir as default_cache_dir
 
 __all__ = ["PatchStore", "is_store", "prepare", "require_labelled", "resolve_store"]
@@ -70,14 +71,10 @@ def _checksum(src: Source, image_size: int | None, fit: str, skip_bad: bool) -> 
 
 
 def _check_out(out: Path, force: bool) -> None:
-    if not out.exists():
-        return
-    if out.is_dir() and not any(out.iterdir()):
-        return
-    if not (out.is_dir() and (out / "meta.json").is_file()):
+    """A store may replace only a store (with `force`): other data in `out` is never overwritten."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
         raise HistoscanInputError(f"{out}: exists and is not a histoscan store; refusing to overwrite it")
-    if not force:
-        raise HistoscanInputError(f"{out}: store already exists; use --force to overwrite it")
+    guard_output(out, force, "folder", "--out")
 
 
 def _shrink_npy(path: Path, n: int) -> None:
@@ -164,30 +161,11 @@ def _pack(src: Source, out: Path, size: int, fit: Fit, skip_bad: bool, checksum:
             "seconds": round(time.time() - started, 2),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PatchStore.open(out)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Atomically rename the finished temp folder to `out` (an old store is moved aside, then deleted)."""
-    old = None
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        else:
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(

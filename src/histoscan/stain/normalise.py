@@ -27,6 +27,7 @@ from histoscan.stain.ops import (
     to_pixels,
     top2_eigenvectors,
 )
+from histoscan.utils.fs import atomic_write_text, guard_output
 
 log = logging.getLogger(__name__)
 
@@ -318,15 +319,12 @@ def normaliser_from_config(cfg: dict) -> MacenkoNormaliser | ReinhardNormaliser:
     return ReinhardNormaliser(**kwargs)
 
 
-def save_stain(cfg: dict, path: str | Path) -> Path:
-    """Write a fitted stain config as JSON (or YAML for a .yaml/.yml path)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    else:
-        path.write_text(json.dumps(cfg, indent=2) + "\n")
-    return path
+def save_stain(cfg: dict, path: str | Path, force: bool = False) -> Path:
+    """Write a fitted stain config as JSON (or YAML for a .yaml/.yml path), atomically; an existing file needs
+    `force`."""
+    path = guard_output(path, force, "file")
+    text = yaml.safe_dump(cfg, sort_keys=False) if path.suffix.lower() in (".yaml", ".yml") else None
+    return atomic_write_text(path, text if text is not None else json.dumps(cfg, indent=2) + "\n")
 
 
 def load_stain(path: str | Path) -> dict:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -76,14 +77,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def replace_folder(tmp: Path, dest: Path) -> None:
-    """Move the finished folder `tmp` onto `dest` (whose old content, if any, is removed only afterwards)."""
+    """Move the finished folder `tmp` onto `dest`; an old `dest` is moved aside first, put back if the move
+    fails, and deleted only afterwards (an empty `dest` is simply removed)."""
     old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()
+    elif dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(dest, old)
-    os.replace(tmp, dest)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if old is not None:
+            os.replace(old, dest)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
