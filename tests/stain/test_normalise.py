@@ -252,5 +252,5 @@ def test_cli_fit_and_apply(idc_root: Path, tmp_path: Path, capsys: pytest.Captur
     written = sorted((tmp_path / "n").glob("*.png"))
     assert [p.name for p in written] == sorted(p.name for p in target)
     assert np.asarray(Image.open(written[0])).shape == np.asarray(Image.open(target[0]).convert("RGB")).shape
-    assert main(["stain", "fit", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert main(["stain", "fit", str(tmp_path / "nope"), "--out", str(tmp_path / "other.json")]) == 2
     assert "nope: image file not found" in capsys.readouterr().err
