@@ -1,0 +1,55 @@
+"""The one output guard and the atomic writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from histoscan.errors import HistoscanInputError
+from histoscan.utils.fs import atomic_write_text, guard_output, staged_folder
+
+
+def test_guard_output(tmp_path: Path) -> None:
+    assert guard_output(tmp_path / "new", False) == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    guard_output(tmp_path / "empty", False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(HistoscanInputError, match=r"^--out .*full: folder exists and is not empty \(use --force"):
+        guard_output(tmp_path / "full", False)
+    guard_output(tmp_path / "full", True)
+    with pytest.raises(HistoscanInputError, match="exists and is not a folder"):
+        guard_output(tmp_path / "full" / "x", True)
+    with pytest.raises(HistoscanInputError, match=r"file exists \(use --force"):
+        guard_output(tmp_path / "full" / "x", False, "file")
+    guard_output(tmp_path / "full" / "x", True, "file")
+    with pytest.raises(HistoscanInputError, match="is a folder"):
+        guard_output(tmp_path / "full", True, "file")
+
+
+def test_staged_folder_is_all_or_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), staged_folder(out, force=True) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("crash mid-way")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "old.txt").read_text() == "old"
+    with staged_folder(out, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "a.json"
+    atomic_write_text(p, "one")
+
+    def boom(self: Path, text: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(p, "two")
+    monkeypatch.undo()
+    assert p.read_text() == "one" and [q.name for q in tmp_path.iterdir()] == ["a.json"]
