@@ -16,7 +16,9 @@ def test_guard_output(tmp_path: Path) -> None:
     guard_output(tmp_path / "empty", False)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(HistoscanInputError, match=r"^--out .*full: folder exists and is not empty \(use --force"):
+    with pytest.raises(
+        HistoscanInputError, match=r"^--out .*full: folder exists and is not empty \(use --force"
+    ):
         guard_output(tmp_path / "full", False)
     guard_output(tmp_path / "full", True)
     with pytest.raises(HistoscanInputError, match="exists and is not a folder"):

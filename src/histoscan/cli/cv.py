@@ -7,6 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `cv` subcommand (train's options plus --folds and --tta)."""
+    from histoscan.cli.evaluate import add_tta_option
     from histoscan.cli.train import add_train_options
 
     p = sub.add_parser(
@@ -17,15 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_train_options(p)
     p.add_argument("--folds", type=int, default=5, help="number of grouped folds, at least 2 (default 5)")
-    p.add_argument(
-        "--tta",
-        type=int,
-        nargs="?",
-        const=8,
-        default=0,
-        choices=[0, 4, 8],
-        help="test-time augmentation views at evaluation (bare --tta: 8)",
-    )
+    add_tta_option(p)
     p.set_defaults(func=run)
 
 

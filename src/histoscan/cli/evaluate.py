@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 
-def add_inference_options(p: argparse.ArgumentParser, batch_size: int = 256) -> None:
-    """--tta, --batch-size and --backend, shared by evaluate and predict."""
+def add_tta_option(p: argparse.ArgumentParser) -> None:
+    """--tta, shared by evaluate, predict and cv."""
     p.add_argument(
         "--tta",
         type=int,
@@ -17,6 +17,11 @@ def add_inference_options(p: argparse.ArgumentParser, batch_size: int = 256) -> 
         help="test-time augmentation: 4 rotations or 8 dihedral views, logits averaged "
         "(--tta alone = 8; default 0)",
     )
+
+
+def add_inference_options(p: argparse.ArgumentParser, batch_size: int = 256) -> None:
+    """--tta, --batch-size, --backend, --skip-bad and --force, shared by evaluate and predict."""
+    add_tta_option(p)
     p.add_argument(
         "--batch-size",
         type=int,
