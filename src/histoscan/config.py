@@ -111,6 +111,20 @@ class TrainConfig:
         "auto", "numeric precision (auto: bf16/fp16 mixed on GPUs, fp32 on CPU)",
         choices=("auto", "32", "bf16-mixed", "16-mixed"),
     )  # fmt: skip
+    accelerator: Literal["auto", "cpu", "gpu"] = _opt(
+        "auto", "where to train (auto: every visible GPU, else the CPU)", choices=("auto", "cpu", "gpu")
+    )
+    devices: int | None = _opt(
+        None, "processes per node (default: all GPUs, or 1 on the CPU); more than 1 runs Lightning DDP",
+        type=int, low=1, high=1024, metavar="N",
+    )  # fmt: skip
+    num_nodes: int = _opt(
+        1, "machines in a multi-node DDP run (torchrun / SLURM)", type=int, low=1, high=4096
+    )
+    logger: Literal["csv", "tensorboard", "mlflow"] = _opt(
+        "csv", "experiment log besides RUN/metrics.csv: csv (only that), tensorboard (RUN/logs), mlflow (RUN/mlruns)",
+        choices=("csv", "tensorboard", "mlflow"),
+    )  # fmt: skip
     stain: dict[str, Any] | None = _opt(
         None, "stain normaliser JSON from `histoscan stain fit`", metavar="FILE"
     )  # the CLI takes a file; the config holds the fitted parameters

@@ -17,7 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_train_options(p)
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from checkpoints/last.ckpt"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from checkpoints/last.ckpt with its own config (--epochs and "
+        "--patience may be given anew)",
     )
     p.set_defaults(func=run)
 
@@ -45,18 +48,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and print where the run went."""
-    from histoscan.run import RunDir
+    """Train, printing a start line, progress and an end summary with the next command (rank 0 only)."""
     from histoscan.training.train import train
 
-    run_dir = RunDir(train(config_from_args(args), force=args.force, resume=args.resume))
-    print(f"run: {run_dir.path}")
-    for path in (
-        run_dir.config_path,
-        run_dir.split_path,
-        run_dir.metrics_path,
-        run_dir.threshold_path,
-        run_dir.best_ckpt,
-    ):
-        print(f"  {path}")
+    overrides = {"epochs"} | ({"patience"} if args.patience is not None else set())
+    train(
+        config_from_args(args),
+        force=args.force,
+        resume=args.resume,
+        echo=lambda line: print(line, flush=True),
+        overrides=overrides,
+    )
     return 0

@@ -43,10 +43,11 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         balanced: bool = False,
         drop_last: bool = False,
         per_epoch: bool = True,
+        even: bool = True,
     ):
         self.rows, self.batch_size, self.shuffle, self.seed = np.asarray(rows), batch_size, shuffle, seed
         self.weights = balanced_weights(labels) if balanced and labels is not None else None
-        self.drop_last, self.per_epoch = drop_last, per_epoch
+        self.drop_last, self.per_epoch, self.even = drop_last, per_epoch, even
         self.epoch, self.rank, self.world = 0, 0, 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,14 +67,19 @@ class EpochBatchSampler(Sampler[np.ndarray]):
 
     def __iter__(self) -> Iterator[np.ndarray]:
         order = self._order()
-        per_rank = len(order) // self.world if self.world > 1 else len(order)
-        order = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        if (
+            self.world > 1 and self.even
+        ):  # training: equal shards (DDP steps in lockstep); a remainder is dropped
+            per_rank = len(order) // self.world
+            order = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        elif self.world > 1:  # validation: every row on exactly one rank, so metrics see the whole split
+            order = order[self.rank :: self.world]
         stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
         for i in range(0, stop, self.batch_size):
             yield order[i : i + self.batch_size]
 
     def __len__(self) -> int:
-        n = len(self.rows) // self.world
+        n = len(self.rows) // self.world if self.even else len(range(self.rank, len(self.rows), self.world))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
@@ -100,7 +106,7 @@ class StoreDataModule(L.LightningDataModule):
             train_rows, batch_size, True, seed, labels[train_rows], balanced, drop_last=drop_last
         )
         # validation: one fixed shuffle, so a --limit-batches subset still mixes patients and classes
-        self.val_sampler = EpochBatchSampler(val_rows, batch_size, True, seed, per_epoch=False)
+        self.val_sampler = EpochBatchSampler(val_rows, batch_size, True, seed, per_epoch=False, even=False)
         self.num_workers = num_workers
 
     def setup(self, stage: str | None = None) -> None:

@@ -226,7 +226,7 @@ def explain_files(
     from histoscan.data.images import decode_image, fit_image  # lazy: image codecs
     from histoscan.inference.predictor import load_predictor
 
-    predictor = require_torch(load_predictor(model, "torch", device))
+    predictor = require_torch(load_predictor(model, "auto", device))  # an .onnx: the Grad-CAM message
     card = predictor.card
     images = np.stack([fit_image(decode_image(f, str(f))[0], card.image_size, card.fit) for f in files])
     ids = _unique_ids(files)

@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +28,7 @@ from histoscan import __version__
 from histoscan.errors import HistoscanInputError
 from histoscan.serve.backend import ExplainUnavailable, ServedModel, load_served_model
 from histoscan.serve.batching import MicroBatcher, QueueFullError
+from histoscan.serve.docs import add_docs
 from histoscan.serve.guard import BodyTooLarge, RequestGuard, error_body
 from histoscan.serve.metrics import CONTENT_TYPE, ServerMetrics
 from histoscan.serve.settings import ServeSettings
@@ -39,6 +41,10 @@ API_KEY_ENV = "HISTOSCAN_API_KEY"
 MODEL_ENV = "HISTOSCAN_SERVE_MODEL"
 SETTINGS_ENV = "HISTOSCAN_SERVE_SETTINGS"
 STATIC = resources.files("histoscan.serve") / "static"
+# every upload endpoint takes its images in the field `files`; /v1/explain and /v1/preview (one image) also
+# accept the older name `file`
+ONE_FILE = File(description="one PNG/TIFF/JPEG patch (the field name of /v1/predict)")
+ONE_FILE_ALIAS = File(description="alias of `files`, kept for older clients", deprecated=True)
 
 
 def create_app(model_path: str | Path, settings: ServeSettings | None = None) -> FastAPI:
@@ -72,8 +78,15 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         title="histoscan",
         version=__version__,
         lifespan=lifespan,
-        description="Tumour/normal probabilities and Grad-CAM for H&E patches. "
-        + ("Send `Authorization: Bearer <key>`." if api_key else ""),
+        docs_url=None,  # /docs and /redoc come from add_docs: assets served here, nothing from a CDN
+        redoc_url=None,
+        description="Tumour/normal probabilities and Grad-CAM for H&E patches. Upload images as "
+        "multipart/form-data in the field `files` (every endpoint). "
+        + (
+            "This server needs its API key: send `Authorization: Bearer <key>` (or use Authorize)."
+            if api_key
+            else "No API key is set: requests need no `Authorization` header."
+        ),
     )
     app.state.model = model
     app.state.batcher = batcher
@@ -81,6 +94,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
     app.state.settings = settings
     app.add_middleware(RequestGuard, metrics=metrics, max_body=settings.max_upload_bytes)
     _add_error_handlers(app, settings)
+    add_docs(app)
     auth = [Depends(_bearer(api_key))]
 
     @app.get("/", include_in_schema=False)
@@ -136,7 +150,8 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         responses={200: {"content": {"image/png": {}}, "description": "Grad-CAM overlay (PNG)"}},
     )
     async def explain(
-        file: Annotated[UploadFile, File(description="one PNG/TIFF/JPEG patch")],
+        files: Annotated[list[UploadFile] | None, ONE_FILE] = None,
+        file: Annotated[list[UploadFile] | None, ONE_FILE_ALIAS] = None,
         format: Annotated[
             Literal["png", "json"],
             Query(
@@ -148,7 +163,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
     ) -> Response:
         """Grad-CAM overlay of one patch; the prediction travels in X-Histoscan-* headers (or the JSON)."""
         model.require_explain()  # 501 before reading the upload
-        up = await _read(file, 0, model, settings)
+        up = await _read(_single(files, file), 0, model, settings)
         prob = float(sigmoid((await batcher.submit(up.image[None]))[0]))
         pred = _prediction(up, prob, model)
         figure, overlay = await run_in_threadpool(model.explain, up.image, prob, up.id)
@@ -177,9 +192,12 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         response_class=Response,
         responses={200: {"content": {"image/png": {}}, "description": "fitted patch (PNG)"}},
     )
-    async def preview(file: Annotated[UploadFile, File(description="one PNG/TIFF/JPEG patch")]) -> Response:
+    async def preview(
+        files: Annotated[list[UploadFile] | None, ONE_FILE] = None,
+        file: Annotated[list[UploadFile] | None, ONE_FILE_ALIAS] = None,
+    ) -> Response:
         """The patch as the model sees it (decoded, fitted to its size), as PNG: browsers cannot show TIFF."""
-        up = await _read(file, 0, model, settings)
+        up = await _read(_single(files, file), 0, model, settings)
         return Response(await run_in_threadpool(_png, up.image), media_type="image/png")
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
@@ -200,6 +218,18 @@ def settings_to_env(model_path: str | Path, settings: ServeSettings) -> dict[str
     d = asdict(settings)
     d.pop("api_key")
     return {MODEL_ENV: str(model_path), SETTINGS_ENV: json.dumps(d)}
+
+
+def _single(files: list[UploadFile] | None, alias: list[UploadFile] | None) -> UploadFile:
+    """The one upload of /v1/explain or /v1/preview, sent as `files` or its alias `file`."""
+    got = [*(files or ()), *(alias or ())]
+    if len(got) != 1:
+        raise UploadError(
+            f"files: this endpoint takes exactly one image in the field `files` (or `file`), got {len(got)}",
+            422,
+            "invalid_request",
+        )
+    return got[0]
 
 
 async def _read(file: UploadFile, index: int, model: ServedModel, settings: ServeSettings) -> Upload:
@@ -240,11 +270,17 @@ def _data_url(png: bytes) -> str:
 
 
 def _bearer(api_key: str | None):
-    async def check(request: Request) -> None:
+    scheme = HTTPBearer(
+        auto_error=False,
+        description="`Authorization: Bearer <key>` with the server's $HISTOSCAN_API_KEY (only when it is set)",
+    )
+
+    # a default, not Annotated[...]: the annotation is a string here and could not name the local `scheme`
+    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
         if api_key is None:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+        token = credentials.credentials if credentials is not None else ""
+        if credentials is None or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
             raise StarletteHTTPException(
                 401, "Authorization: missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import threading
@@ -16,21 +15,13 @@ from PIL import Image
 from histoscan.errors import HistoscanInputError
 from histoscan.inference.card import ModelCard
 from histoscan.inference.predictor import Predictor, load_predictor
+from histoscan.utils.digest import file_digest
 
 log = logging.getLogger(__name__)
 
 
 class ExplainUnavailable(HistoscanInputError):
     """Grad-CAM needs the PyTorch model (a run folder or .ckpt); an .onnx model cannot be explained."""
-
-
-def file_digest(path: Path, n: int = 12) -> str:
-    """First `n` hex digits of the file's SHA-256 (the served model's version)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
 
 
 @dataclass

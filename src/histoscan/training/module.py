@@ -67,7 +67,10 @@ class PatchModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.classifier(x).float()
-        self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        # sync_dist: under DDP the logged loss is the mean over every rank's share of the validation split
+        self.log(
+            "val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True
+        )
         probs = torch.sigmoid(logits)
         self.val_auc.update(probs, y.long())
         self.val_acc.update(probs, y.long())

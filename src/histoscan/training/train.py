@@ -6,6 +6,7 @@ import csv
 import logging
 import shutil
 import signal
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BackboneFinetuning, EarlyStopping, ModelCheckpoint
 
 from histoscan.config import TrainConfig
 from histoscan.data.loader import StoreDataModule
@@ -24,19 +24,12 @@ from histoscan.evaluation.metrics import choose_run_threshold
 from histoscan.inference.predictor import load_torch_predictor
 from histoscan.models import REGISTRY, check_model_name
 from histoscan.run import RunDir
-from histoscan.training.module import EpochSeeding, MetricsCSV, PatchModule
+from histoscan.training.module import PatchModule
+from histoscan.training.progress import Echo, end_summary, start_line, stop_reason
+from histoscan.training.trainer import build_trainer, early_stopping_wait, placement, process_rank
 from histoscan.utils.fs import atomic_path, guard_output
 
 log = logging.getLogger(__name__)
-
-
-def _precision(config: TrainConfig) -> str:
-    """fp32 on CPU (autocast is slower there); bf16 (else fp16) mixed precision on GPUs."""
-    if config.precision != "auto":
-        return {"32": "32-true"}.get(config.precision, config.precision)
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def _trim_metrics(path: Path, before_epoch: int) -> None:
@@ -89,69 +82,13 @@ def _fold_split(store: PatchStore, groups: list[str] | None, config: TrainConfig
     return split
 
 
-class CommitRun(L.Callback):
-    """Move a staged run folder into place when training starts (rank 0; the others wait for it)."""
-
-    def __init__(self, run: RunDir):
-        self.run = run
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.run.commit()
-        trainer.strategy.barrier("histoscan-commit-run")
-
-
-def build_trainer(config: TrainConfig, run: RunDir, callbacks: list[L.Callback] | None = None) -> L.Trainer:
-    """A Trainer with early stopping, best/last checkpoints, per-epoch metrics.csv and the run's precision.
-
-    Files go to the run's final place (`run.final`): Lightning writes them only after :class:`CommitRun`
-    has moved the staged folder there.
-    """
-    mode = "max" if config.monitor == "val_auc" else "min"
-    ckpt_dir = run.final_path(RunDir.CHECKPOINTS)
-    cbs: list[L.Callback] = [
-        CommitRun(run),
-        EpochSeeding(config.seed),
-        MetricsCSV(run.final_path(RunDir.METRICS)),
-        EarlyStopping(config.monitor, patience=config.patience, mode=mode),
-        ModelCheckpoint(
-            ckpt_dir, filename=RunDir.BEST, monitor=config.monitor, mode=mode, enable_version_counter=False
-        ),
-        # last.ckpt every epoch whatever the monitor did (save_last only follows top-k saves): what --resume uses
-        ModelCheckpoint(ckpt_dir, filename=RunDir.LAST, monitor=None, enable_version_counter=False),
-    ]
-    if config.freeze_epochs > 0:
-        cbs.append(
-            BackboneFinetuning(
-                unfreeze_backbone_at_epoch=config.freeze_epochs,
-                backbone_initial_ratio_lr=0.1,
-                should_align=True,
-                train_bn=True,
-                verbose=False,
-            )
-        )
-    cbs += callbacks or []
-    gpus = torch.cuda.device_count()
-    return L.Trainer(
-        max_epochs=config.epochs,
-        accelerator="gpu" if gpus else "cpu",
-        devices=gpus if gpus else 1,
-        strategy="ddp" if gpus > 1 else "auto",
-        precision=_precision(config),
-        callbacks=cbs,
-        logger=False,
-        default_root_dir=str(run.final),
-        limit_train_batches=config.limit_batches,
-        limit_val_batches=config.limit_batches,
-        num_sanity_val_steps=0,
-        deterministic=False,
-        use_distributed_sampler=False,  # EpochBatchSampler shards by rank itself
-        enable_model_summary=False,
-        log_every_n_steps=10,
-    )
-
-
-def train(config: TrainConfig, force: bool = False, resume: bool = False) -> Path:
+def train(
+    config: TrainConfig,
+    force: bool = False,
+    resume: bool = False,
+    echo: Echo | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
     """Train a model as configured; returns the run folder.
 
     A new run is staged in a hidden sibling of `config.out` and moved into place when training starts, so a
@@ -160,23 +97,33 @@ def train(config: TrainConfig, force: bool = False, resume: bool = False) -> Pat
     Args:
         config: the run's configuration (`config.out` is the run folder).
         force: replace an existing non-empty run folder.
-        resume: continue from RUN/checkpoints/last.ckpt (the config is read from the run; only `epochs` may grow).
+        resume: continue from RUN/checkpoints/last.ckpt with the run's own config; `config.epochs` (and any
+            `overrides`, e.g. patience) replace the saved values.
+        echo: where the start line, per-epoch lines (off a terminal) and the end summary go (None: silent).
+        overrides: with `resume`, fields to take from `config` instead of the run (default: epochs).
 
     Raises:
         HistoscanInputError: bad data or options.
         Interrupted: Ctrl-C; the message says what was saved and how to continue.
     """
+    t0 = time.perf_counter()
     config.validate()
+    rank = process_rank()
+    say = echo if echo is not None and rank == 0 else None
     if resume:
         run = RunDir(config.out)
         if not run.last_ckpt.is_file():
             raise HistoscanInputError(f"--resume: {run.last_ckpt} not found")
         saved = run.read_config()
-        saved.epochs = config.epochs
+        for key in overrides or {"epochs"}:
+            setattr(saved, key, getattr(config, key))
+        saved.validate()
         config = saved
     else:
         check_model_name(config.model)
-        guard_output(config.out, force, "folder", "--out")
+        if rank == 0:
+            guard_output(config.out, force, "folder", "--out")
+    placement(config)  # a bad --accelerator/--devices fails before any data is prepared
     store = resolve_store(config.data, image_size=config.image_size, fit=config.fit, skip_bad=config.skip_bad)
     require_labelled(store, both_classes=True, name=config.data)
     spec = REGISTRY.get(config.model)
@@ -184,26 +131,36 @@ def train(config: TrainConfig, force: bool = False, resume: bool = False) -> Pat
         raise HistoscanInputError(f"--freeze-epochs: model {config.model} has no separate backbone to freeze")
     L.seed_everything(config.seed, workers=True, verbose=False)
     split = split_store(store, config)
-    if not resume:
-        run = RunDir.stage(config.out, force)
+    if not resume:  # only rank 0 stages; DDP children write nothing of their own
+        run = RunDir.stage(config.out, force) if rank == 0 else RunDir(Path(config.out).resolve())
     try:
-        trainer = _fit(run, config, store, split, resume)
+        trainer = _fit(run, config, store, split, resume, say)
     except BaseException:
-        run.discard()
+        if rank == 0:
+            run.discard()
         raise
     if trainer.is_global_zero:
         _choose_threshold(
             run, store, np.flatnonzero(split == "val"), config.batch_size, config.target_sensitivity
         )
+        if say is not None:
+            metrics = _read_metrics(run.metrics_path)
+            reason = stop_reason(trainer, config)
+            for line in end_summary(str(run.path), config.data, metrics, config, reason, run.read_threshold(),
+                                    time.perf_counter() - t0):  # fmt: skip
+                say(line)
     return run.path
 
 
-def _fit(run: RunDir, config: TrainConfig, store: PatchStore, split: np.ndarray, resume: bool) -> L.Trainer:
+def _fit(
+    run: RunDir, config: TrainConfig, store: PatchStore, split: np.ndarray, resume: bool, say: Echo | None
+) -> L.Trainer:
     """Write the run's files and train; turns Lightning's Ctrl-C exit into :class:`Interrupted`."""
-    if not resume:
+    counts = _data_summary(store, split)
+    if not resume and run.staged:
         run.write_config(config)
         run.write_split(store.ids, store.labels, store.groups, split)
-        run.write_data(_data_summary(store, split))
+        run.write_data(counts)
     mpp = config.mpp if config.mpp is not None else store.meta.get("mpp")
     rows = np.arange(len(store))
     dm = StoreDataModule(
@@ -217,18 +174,30 @@ def _fit(run: RunDir, config: TrainConfig, store: PatchStore, split: np.ndarray,
         config.num_workers,
     )
     module = PatchModule(config.to_dict(), image_size=store.size, mpp=mpp)
-    trainer = build_trainer(config, run)
-    ckpt_path = None
+    trainer = build_trainer(config, run, say)
+    ckpt_path, resume_epoch = None, None
     if resume:
         ckpt_path = run.last_ckpt
-        _trim_metrics(
-            run.metrics_path, torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"] + 1
-        )
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        resume_epoch = int(ckpt["epoch"]) + 1
+        _trim_metrics(run.metrics_path, resume_epoch)
+        wait = early_stopping_wait(ckpt)
+        if say is not None and wait >= config.patience - 1:
+            say(
+                f"note: early stopping had counted {wait} epoch(s) without a {config.monitor} gain (patience "
+                f"{config.patience}): one more such epoch ends the run; pass --patience N to train longer"
+            )
+    if say is not None:
+        accelerator, devices = placement(config)
+        say(start_line(config, counts["splits"], store.size, mpp, accelerator, trainer.precision,
+                       devices * config.num_nodes, resume_epoch))  # fmt: skip
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*The number of training batches.*")
             warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+            # Lightning 2.6's own pytree helper trips torch 2.13's LeafSpec deprecation on every run; not ours
+            warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     except SystemExit:  # Lightning ends a Ctrl-C'd fit with sys.exit(1) after its graceful shutdown
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left Ctrl-C ignored
@@ -240,15 +209,19 @@ def _fit(run: RunDir, config: TrainConfig, store: PatchStore, split: np.ndarray,
     return trainer
 
 
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _interrupted_message(run: RunDir, config: TrainConfig, resume: bool) -> str:
     """What Ctrl-C left behind, and the command that continues from it. Removes a new run with no epoch."""
+    again = f"histoscan train --data {config.data} --out {config.out} --resume"
     if run.last_ckpt.is_file():
-        return (
-            f"saved {run.path} after {run.epochs_done()} epoch(s) (checkpoints/last.ckpt); continue with: "
-            f"histoscan train --data {config.data} --out {config.out} --resume"
-        )
+        return f"saved {run.path} after {run.epochs_done()} epoch(s) (checkpoints/last.ckpt); continue with: {again}"
     if resume:
-        again = f"histoscan train --data {config.data} --out {config.out} --resume"
         return f"{run.path} is as it was; continue with: {again}"
     shutil.rmtree(run.path, ignore_errors=True)  # committed, but no epoch finished: nothing worth keeping
     return f"no epoch finished, nothing saved ({run.final} removed)"

@@ -4,6 +4,7 @@
 const DIGITS = 4;          // probabilities are shown with 4 decimals (toFixed: the API value, rounded)
 const PARALLEL = 4;        // files in flight at once; the server micro-batches concurrent requests
 const KEY_STORE = "histoscan-api-key";
+const FIELD = "files";     // the upload field of every endpoint (/v1/explain and /v1/preview take one file)
 
 const state = { model: null, modelReady: null, rows: [], queue: [], running: 0 };
 const $ = (sel) => document.querySelector(sel);
@@ -31,6 +32,13 @@ function showError(msg) {
   el.hidden = !msg;
 }
 
+function needKey() {
+  // the "API key" toggle sits above the message: open it and put the cursor in the field
+  showError("This server needs an API key: enter it under “API key” above and press save.");
+  $("#settings").open = true;
+  $("#api-key").focus();
+}
+
 async function loadModel() {
   try {
     const m = await (await api("/v1/model")).json();
@@ -42,13 +50,13 @@ async function loadModel() {
     showError("");
   } catch (e) {
     $("#model-info").textContent = "model information unavailable";
-    showError(e.status === 401 ? "This server needs an API key: open “API key” below." : String(e.message));
+    if (e.status === 401) needKey(); else showError(String(e.message));
   }
 }
 
-function formData(field, file) {
+function formData(file) {
   const fd = new FormData();
-  fd.append(field, file, file.name);
+  fd.append(FIELD, file, file.name);
   return fd;
 }
 
@@ -76,6 +84,36 @@ function setPrediction(card, p) {
   card.dataset.state = "predicted";
 }
 
+function dropMissingImages(card) {
+  // an image that never arrived leaves no broken-image placeholder behind
+  for (const img of card.querySelectorAll("img")) {
+    if (img.hidden) continue;
+    if (!img.getAttribute("src") || !img.complete || img.naturalWidth === 0) img.closest("figure").remove();
+  }
+  const images = card.querySelector(".images");
+  if (images && !images.querySelector("figure")) images.remove();
+}
+
+function showFailure(card, message) {
+  // keep what did arrive (a prediction), drop the images that did not, and say what went wrong
+  card.classList.add("failed");
+  card.dataset.state = "failed";
+  dropMissingImages(card);
+  if (!card.querySelector(".probability").dataset.probability) {
+    const result = card.querySelector(".result");
+    result.replaceChildren();
+    const label = document.createElement("span");
+    label.className = "label failed";
+    label.textContent = "failed";
+    result.append(label);
+    card.querySelector(".bar").remove();
+  }
+  const note = card.querySelector(".note");
+  note.textContent = message;
+  note.classList.remove("muted");
+  note.classList.add("error-detail");
+}
+
 function setImage(img, url) {
   return new Promise((resolve) => {
     img.onload = () => resolve(true);
@@ -90,29 +128,28 @@ async function processFile(file) {
   state.rows.push(row);
   await state.modelReady;  // whether the model can explain decides the requests below
   try {
-    const pred = (await (await api("/v1/predict", { method: "POST", body: formData("files", file) })).json())
+    const pred = (await (await api("/v1/predict", { method: "POST", body: formData(file) })).json())
       .predictions[0];
     Object.assign(row, { id: pred.id, probability: pred.probability, label: pred.label });
     setPrediction(card, pred);
     const gradcam = card.querySelector(".gradcam");
     if (state.model && state.model.explain) {
-      const ex = await (await api("/v1/explain?format=json", { method: "POST", body: formData("file", file) })).json();
+      const ex = await (await api("/v1/explain?format=json", { method: "POST", body: formData(file) })).json();
       await setImage(card.querySelector(".thumb"), ex.image);
       gradcam.title = "Grad-CAM for the predicted class (" + ex.class + ")";
       if (await setImage(gradcam, ex.overlay)) card.dataset.gradcam = "shown";
     } else {
-      const blob = await (await api("/v1/preview", { method: "POST", body: formData("file", file) })).blob();
+      const blob = await (await api("/v1/preview", { method: "POST", body: formData(file) })).blob();
       await setImage(card.querySelector(".thumb"), URL.createObjectURL(blob));
       gradcam.hidden = true;
       card.querySelector(".gradcam-caption").textContent = "Grad-CAM needs a run folder or .ckpt (ONNX served)";
     }
+    dropMissingImages(card);
     card.dataset.state = "done";
   } catch (e) {
     row.error = e.message;
-    card.classList.add("failed");
-    card.dataset.state = "failed";
-    card.querySelector(".note").textContent = e.message;
-    if (e.status === 401) showError("This server needs an API key: open “API key” below.");
+    showFailure(card, e.message);
+    if (e.status === 401) needKey();
   }
   updateSummary();
 }

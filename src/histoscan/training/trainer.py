@@ -1,0 +1,184 @@
+"""Lightning Trainer assembly: devices and DDP, precision, callbacks (checkpoints, early stopping, fine-tuning,
+progress), the experiment logger, and the callback that moves a staged run into place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BackboneFinetuning, EarlyStopping, ModelCheckpoint
+from torch import nn
+
+from histoscan.config import TrainConfig
+from histoscan.errors import HistoscanInputError
+from histoscan.run import RunDir
+from histoscan.training.module import EpochSeeding, MetricsCSV
+from histoscan.training.progress import Echo, EpochBar, EpochLines, is_terminal
+
+
+def process_rank() -> int:
+    """This process's global rank in a DDP job (0 outside one; children started by Lightning or torchrun).
+
+    Known before the Trainer exists, so only rank 0 stages and writes the run folder.
+    """
+    if os.environ.get("RANK"):
+        return int(os.environ["RANK"])
+    local, node = int(os.environ.get("LOCAL_RANK") or 0), int(os.environ.get("NODE_RANK") or 0)
+    return local + node * int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if (local or node) else 0
+
+
+def placement(config: TrainConfig) -> tuple[str, int]:
+    """(accelerator, processes per node): `--accelerator auto` is every visible GPU, else one CPU process."""
+    gpus = torch.cuda.device_count()
+    accelerator = config.accelerator if config.accelerator != "auto" else ("gpu" if gpus else "cpu")
+    if accelerator == "gpu" and not gpus:
+        raise HistoscanInputError("--accelerator gpu: no CUDA GPU is visible to this process")
+    devices = config.devices or (gpus if accelerator == "gpu" else 1)
+    if accelerator == "gpu" and devices > gpus:
+        raise HistoscanInputError(f"--devices {devices}: only {gpus} GPU(s) visible")
+    return accelerator, devices
+
+
+def precision(config: TrainConfig, accelerator: str) -> str:
+    """fp32 on CPU (autocast is slower there); bf16 (else fp16) mixed precision on GPUs."""
+    if config.precision != "auto":
+        return {"32": "32-true"}.get(config.precision, config.precision)
+    if accelerator == "gpu":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+class CommitRun(L.Callback):
+    """Move a staged run folder into place when training starts (rank 0; the others wait for it)."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.run.commit()
+        trainer.strategy.barrier("histoscan-commit-run")
+
+
+class EarlyStop(EarlyStopping):
+    """EarlyStopping whose patience is the run's configured one, also on --resume.
+
+    Lightning restores `patience` from the checkpoint, so `--resume --patience 10` would have been ignored.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
+class Finetuning(BackboneFinetuning):
+    """BackboneFinetuning that recognises parameters by identity.
+
+    Lightning's `filter_on_optimizer` compares parameter *values* (`torch.equal`), so a trunk BatchNorm weight
+    that happens to equal one in the head (all ones at initialisation) was taken for a parameter already in the
+    optimizer: it was never unfrozen into training, and Lightning printed a misleading HINT at every unfreeze.
+    """
+
+    @staticmethod
+    def filter_on_optimizer(
+        optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]
+    ) -> list[nn.Parameter]:
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [p for p in params if id(p) not in held]
+
+
+def experiment_logger(config: TrainConfig, run: RunDir) -> Any:
+    """Lightning's TensorBoard or MLflow logger in the run folder, or False (metrics.csv only, the default)."""
+    if config.logger == "csv":
+        return False
+    if config.logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401  # Lightning falls back to tensorboardX silently otherwise
+            from lightning.pytorch.loggers import TensorBoardLogger
+        except ImportError:
+            raise HistoscanInputError(
+                "--logger tensorboard: the tensorboard package is not installed (pip install tensorboard)"
+            ) from None
+        return TensorBoardLogger(save_dir=str(run.final), name="logs", version="", default_hp_metric=False)
+    try:
+        import mlflow  # noqa: F401
+        from lightning.pytorch.loggers import MLFlowLogger
+    except ImportError:
+        raise HistoscanInputError(
+            "--logger mlflow: the mlflow package is not installed (pip install mlflow)"
+        ) from None
+    uri = (run.final / "mlruns").resolve().as_uri()
+    return MLFlowLogger(experiment_name="histoscan", run_name=run.final.name, tracking_uri=uri)
+
+
+def build_trainer(
+    config: TrainConfig, run: RunDir, echo: Echo | None = None, callbacks: list[L.Callback] | None = None
+) -> L.Trainer:
+    """A Trainer with early stopping, best/last checkpoints, per-epoch metrics.csv and the run's precision.
+
+    Files go to the run's final place (`run.final`): Lightning writes them only after :class:`CommitRun`
+    has moved the staged folder there. Progress: a bar with totals on a terminal, else one line per epoch
+    through `echo` (nothing when `echo` is None).
+    """
+    mode = "max" if config.monitor == "val_auc" else "min"
+    ckpt_dir = run.final_path(RunDir.CHECKPOINTS)
+    cbs: list[L.Callback] = [
+        CommitRun(run),
+        EpochSeeding(config.seed),
+        MetricsCSV(run.final_path(RunDir.METRICS)),
+        EarlyStop(config.monitor, patience=config.patience, mode=mode),
+        ModelCheckpoint(
+            ckpt_dir, filename=RunDir.BEST, monitor=config.monitor, mode=mode, enable_version_counter=False
+        ),
+        # last.ckpt every epoch whatever the monitor did (save_last only follows top-k saves): what --resume uses
+        ModelCheckpoint(ckpt_dir, filename=RunDir.LAST, monitor=None, enable_version_counter=False),
+    ]
+    if config.freeze_epochs > 0:
+        cbs.append(
+            Finetuning(
+                unfreeze_backbone_at_epoch=config.freeze_epochs,
+                backbone_initial_ratio_lr=0.1,
+                should_align=True,
+                train_bn=True,
+                verbose=False,
+            )
+        )
+    bar = echo is not None and is_terminal()
+    if bar:
+        cbs.append(EpochBar())
+    elif echo is not None:
+        cbs.append(EpochLines(echo))
+    cbs += callbacks or []
+    accelerator, devices = placement(config)
+    world = devices * config.num_nodes
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=config.num_nodes,
+        strategy="ddp" if world > 1 else "auto",
+        precision=precision(config, accelerator),
+        callbacks=cbs,
+        logger=experiment_logger(config, run),
+        enable_progress_bar=bar,
+        default_root_dir=str(run.final),
+        limit_train_batches=config.limit_batches,
+        limit_val_batches=config.limit_batches,
+        num_sanity_val_steps=0,
+        deterministic=False,
+        use_distributed_sampler=False,  # EpochBatchSampler shards by rank itself
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
+
+
+def early_stopping_wait(ckpt: dict[str, Any]) -> int:
+    """Epochs without a gain that a checkpoint's early-stopping state had counted (0 when none)."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("EarlyStop") and isinstance(state, dict):
+            return int(state.get("wait_count") or 0)
+    return 0
