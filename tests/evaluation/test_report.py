@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 
+from histoscan.config import TrainConfig
 from histoscan.evaluation.metrics import compute_metrics
-from histoscan.evaluation.report import confident_errors, write_figures, write_report
+from histoscan.evaluation.plots import curves_figure, read_training_curves
+from histoscan.evaluation.report import (
+    GRID,
+    confident_errors,
+    evaluated_mark,
+    write_figures,
+    write_report,
+)
 from histoscan.run import RunDir
 
 
@@ -76,3 +87,102 @@ def test_no_curves_without_metrics_csv_and_bare_checkpoint(tmp_path: Path) -> No
     html = write_report(tmp_path, m, y, p, ids, None, lambda pos: images[pos], None, (), figs).read_text()
     assert "No training curves" in html and "not available (bare checkpoint)" in html
     assert "No patient/slide groups" in html and "no bootstrap" in html
+
+
+def _run_with_curves(root: Path, monitor: str) -> RunDir:
+    """A run folder whose best val_auc (epoch 2) and best val_loss (epoch 1) differ."""
+    root.mkdir()
+    TrainConfig(out=str(root), model="simple-cnn", monitor=monitor).save(root / "config.yaml")
+    (root / "metrics.csv").write_text(
+        "epoch,train_loss,train_auc,val_loss,val_auc\n"
+        "0,0.7,0.6,0.69,0.61\n1,0.5,0.7,0.52,0.70\n2,0.4,0.8,0.58,0.74\n3,0.3,0.9,0.66,0.72\n"
+    )
+    return RunDir(root)
+
+
+def test_evaluated_epoch_is_marked_on_the_curves(tmp_path: Path) -> None:
+    by_auc = _run_with_curves(tmp_path / "auc", "val_auc")
+    by_loss = _run_with_curves(tmp_path / "loss", "val_loss")
+    assert evaluated_mark(by_auc) == (2, "best val_auc 0.740")
+    assert evaluated_mark(by_loss, str(tmp_path / "loss" / "checkpoints" / "best.ckpt")) == (
+        1,
+        "best val_loss 0.520",
+    )
+    assert evaluated_mark(by_auc, str(tmp_path / "auc" / "checkpoints" / "last.ckpt")) == (3, "last epoch")
+    assert evaluated_mark(None) is None and evaluated_mark(RunDir(tmp_path / "none")) is None
+    fig = curves_figure(read_training_curves(by_auc.metrics_path), evaluated_mark(by_auc))
+    for ax in fig.axes:  # a vertical line at epoch 2 in every panel, named in its legend
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "evaluated: epoch 2"]
+        assert list(line.get_xdata()) == [2, 2]
+        assert "evaluated: epoch 2" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+
+    y, p, ids, groups, images = _case()
+    m = compute_metrics(y, p, 0.5, groups, n_boot=0)
+    m.update(model="simple-cnn", run=str(by_loss.path), checkpoint=str(by_loss.path / "best.ckpt"))
+    m.update(backend="onnxruntime", tta=1, threshold_source="threshold.json (youden)")
+    figs = write_figures(tmp_path, y, p, m, by_loss)
+    html = write_report(tmp_path, m, y, p, ids, groups, lambda pos: images[pos], None, (), figs).read_text()
+    assert "Dashed line: the evaluated weights, epoch 1 (best val_loss 0.520)" in html
+    assert "<td>evaluated epoch</td><td style='text-align:left'>1 (best val_loss 0.520)</td>" in html
+
+
+def test_header_names_tta_backend_and_threshold_source(tmp_path: Path) -> None:
+    y, p, ids, groups, images = _case(20)
+    m = compute_metrics(y, p, 0.42, groups, n_boot=0)
+    m.update(model="simple-cnn", backend="torch", tta=8, threshold_source="threshold.json (youden)")
+    html = write_report(tmp_path, m, y, p, ids, groups, lambda pos: images[pos]).read_text()
+    summary = re.search(r"<p class=summary>(.*?)</p>", html).group(1)
+    assert summary == (
+        "simple-cnn via torch · TTA 8 dihedral views, logits averaged · threshold 0.42 (threshold.json (youden))"
+    )
+    assert "<td>backend</td><td style='text-align:left'>torch</td>" in html
+    assert "<td style='text-align:left'>0.42 — source: threshold.json (youden)</td>" in html
+    m.update(tta=1)
+    assert (
+        "TTA off (1 view)"
+        in write_report(tmp_path, m, y, p, ids, groups, lambda pos: images[pos]).read_text()
+    )
+
+
+CHROMIUM = Path(os.environ.get("HISTOSCAN_CHROMIUM", "/usr/bin/chromium"))
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} not installed")
+@pytest.mark.timeout(120)
+def test_error_captions_do_not_overlap_in_chromium(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    n = 80
+    rng = np.random.default_rng(1)
+    y = np.arange(n) % 2
+    p = np.where(y == 1, 0.1, 0.9) + rng.uniform(-0.05, 0.05, n)  # every patch an error: two full grids
+    ids = [f"{rng.bytes(20).hex()}" for _ in range(n)]  # Kaggle HCD ids: 40 characters, no break
+    ids[3], p[3] = "a-much-longer-identifier/with/slashes/" + "x" * 60, 0.0  # the first false negative
+    images = rng.integers(0, 255, (n, 12, 12, 3), dtype=np.uint8)
+    m = compute_metrics(y, p, 0.5, None, n_boot=0)
+    html = write_report(tmp_path, m, y, p, ids, None, lambda pos: images[pos])
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            # the report is self-contained: nothing but the file itself may load
+            page.route("**/*", lambda r: r.continue_() if r.request.url == html.as_uri() else r.abort())
+            page.goto(html.as_uri())
+            boxes = page.eval_on_selector_all(
+                ".grid figcaption",
+                """els => els.map(e => {
+                    const r = e.getBoundingClientRect(), f = e.parentElement.getBoundingClientRect();
+                    return {x: r.left, y: r.top, r: r.right, b: r.bottom, fx: f.left, fr: f.right,
+                            overflow: e.scrollWidth - e.clientWidth, text: e.textContent};
+                })""",
+            )
+        finally:
+            browser.close()
+    assert len(boxes) == 2 * GRID
+    for i, a in enumerate(boxes):
+        assert a["overflow"] <= 0 and a["fx"] - 0.5 <= a["x"] and a["r"] <= a["fr"] + 0.5, a
+        for b in boxes[i + 1 :]:
+            apart = a["r"] <= b["x"] or b["r"] <= a["x"] or a["b"] <= b["y"] or b["b"] <= a["y"]
+            assert apart, (a, b)
+    assert any(ids[3] in b["text"] for b in boxes)  # the full id is shown, wrapped, not cut

@@ -1,14 +1,32 @@
-"""Fixtures for the server tests: a tiny simple-cnn run folder and a test client over it."""
+"""Fixtures for the server tests: a tiny run folder, a test client, live uvicorn servers and headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from run_fixtures import make_run as build_run
+
+CHROMIUM = Path(os.environ.get("HISTOSCAN_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # the serve defaults: 96 px (Kaggle HCD patches), 0.972 µm/px, BatchNorm statistics so outputs vary by image
 _make_run = functools.partial(build_run, image_size=96, mpp=0.972, bn_stats=True)
@@ -46,3 +64,65 @@ def client(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     monkeypatch.delenv("HISTOSCAN_API_KEY", raising=False)
     with TestClient(create_app(tiny_run, ServeSettings(device="cpu"))) as c:
         yield c
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _uvicorn(app: Any) -> Iterator[str]:
+    import uvicorn
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_run: Path) -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """`with live_server(**settings) as url:` uvicorn serving the tiny run on 127.0.0.1 in a thread."""
+    from histoscan.serve import ServeSettings, create_app
+
+    def start(**settings: Any) -> contextlib.AbstractContextManager[str]:
+        settings.setdefault("api_key", None)
+        if settings["api_key"] is None:
+            os.environ.pop("HISTOSCAN_API_KEY", None)
+        return _uvicorn(create_app(tiny_run, ServeSettings(device="cpu", **settings)))
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def server(live_server: Callable[..., contextlib.AbstractContextManager[str]]) -> Iterator[str]:
+    """Base URL of a live server over the tiny run, without an API key."""
+    with live_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright (skipped when it is not installed)."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not installed (CI: bash .ci/install-browser.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -138,6 +138,14 @@ def test_api_key(tiny_run: Path, hcd_files: list[Path], monkeypatch: pytest.Monk
             assert r.status_code == 401 and r.json()["error"] == "unauthorized"
             assert r.headers["www-authenticate"] == "Bearer"
         assert c.get("/v1/model").status_code == 401 and c.get("/metrics").status_code == 401
+        spec = c.get("/openapi.json").json()  # /docs offers "Authorize" with the same header
+        assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+            "type": "http",
+            "scheme": "bearer",
+            "description": spec["components"]["securitySchemes"]["HTTPBearer"]["description"],
+        }
+        assert {"HTTPBearer": []} in spec["paths"]["/v1/predict"]["post"]["security"]
+        assert "Authorization: Bearer <key>" in spec["info"]["description"]
         ok = {"Authorization": "Bearer s3cret"}
         assert c.post("/v1/predict", files=_files(hcd_files[:1]), headers=ok).status_code == 200
         assert c.get("/v1/model", headers=ok).status_code == 200
@@ -232,17 +240,43 @@ def test_json_errors(client) -> None:
 
 def test_explain_returns_gradcam_png(client, hcd_files: list[Path]) -> None:
     f = hcd_files[1]
-    r = client.post("/v1/explain", files={"file": (f.name, f.read_bytes(), "image/tiff")})
+    r = client.post("/v1/explain", files={"files": (f.name, f.read_bytes(), "image/tiff")})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
     fig = Image.open(io.BytesIO(r.content))
     assert fig.width > 2 * 256 and fig.height > 256  # patch | overlay panels, upscaled to >= 256 px
     prob = float(r.headers["x-histoscan-probability"])
     pred = client.post("/v1/predict", files=_files([f])).json()["predictions"][0]
     assert prob == pytest.approx(pred["probability"], abs=1e-6) and r.headers["x-histoscan-id"] == f.stem
-    j = client.post("/v1/explain?format=json", files={"file": (f.name, f.read_bytes())}).json()
+    j = client.post("/v1/explain?format=json", files={"files": (f.name, f.read_bytes())}).json()
     overlay = Image.open(io.BytesIO(__import__("base64").b64decode(j["overlay"].split(",", 1)[1])))
     assert overlay.size == (288, 288)  # 96 px nearest-upscaled x3
     assert np.asarray(overlay).std() > 5
+
+
+def test_one_image_endpoints_take_files_and_the_alias_file(client, hcd_files: list[Path]) -> None:
+    f = hcd_files[1]
+    up = (f.name, f.read_bytes(), "image/tiff")
+    for ep in ("/v1/explain?format=json", "/v1/preview"):
+        canonical, alias = client.post(ep, files={"files": up}), client.post(ep, files={"file": up})
+        assert canonical.status_code == alias.status_code == 200, (ep, canonical.text, alias.text)
+        assert canonical.content == alias.content
+        for files, got in (
+            ([("other", up)], 0),
+            ([("files", up), ("file", up)], 2),
+            ([("files", up)] * 2, 2),
+        ):
+            r = client.post(ep, files=files)
+            assert r.status_code == 422 and r.json()["error"] == "invalid_request", (ep, r.text)
+            assert r.json()["detail"].startswith("files:") and f"got {got}" in r.json()["detail"]
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/predict", "/v1/explain", "/v1/preview"):
+        ref = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        fields = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+        assert "files" in fields and not fields["files"].get("deprecated"), path
+        if path != "/v1/predict":  # the old name stays, documented as a deprecated alias
+            assert (
+                fields["file"]["deprecated"] is True and "alias of `files`" in fields["file"]["description"]
+            )
 
 
 def test_onnx_model_predicts_and_refuses_explain(

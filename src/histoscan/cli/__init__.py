@@ -24,6 +24,7 @@ COMMANDS = [
     "predict",
     "explain",
     "slide",
+    "slides",
     "stain",
     "export",
     "serve",

@@ -23,6 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "slide", metavar="SLIDE", help="slide file (.svs/.ndpi/.mrxs/.tif... via OpenSlide, or TIFF)"
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --force)")
+    add_slide_options(p)
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    p.set_defaults(func=run)
+
+
+def add_slide_options(p: argparse.ArgumentParser, threads_flag: str = "--workers") -> None:
+    """The options of `histoscan slide` that `histoscan slides` shares: mapping (SlideOptions), model
+    backend/device, and --no-progress. `threads_flag` names the tile-reading threads option (dest
+    `tile_workers`)."""
     p.add_argument(
         "--mpp",
         type=float,
@@ -63,32 +72,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reader", choices=["auto", "openslide", "tifffile"], default=_D.reader, help="slide reader (auto)"
     )
-    p.add_argument("--workers", type=int, default=_D.workers, help=f"tile-reading threads ({_D.workers})")
+    p.add_argument(
+        threads_flag,
+        dest="tile_workers",
+        type=int,
+        metavar="N",
+        default=_D.workers,
+        help=f"tile-reading threads per slide ({_D.workers})",
+    )
     p.add_argument(
         "--explain", type=int, default=_D.explain, metavar="K", help="Grad-CAM of the top-K tumour tiles"
     )
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(threads_flag=threads_flag)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Map one slide; print where the outputs are and the headline numbers."""
+def slide_options(args: argparse.Namespace, force: bool = False) -> SlideOptions:
+    """SlideOptions from the options `add_slide_options` declared, checked (one-line errors, exit 2)."""
     from histoscan.errors import HistoscanInputError
-    from histoscan.inference.predictor import load_predictor
-    from histoscan.slide.mapping import map_slide
 
-    for name in ("batch_size", "workers"):
-        if getattr(args, name) < 1:
-            raise HistoscanInputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    for flag, value in (("--batch-size", args.batch_size), (args.threads_flag, args.tile_workers)):
+        if value < 1:
+            raise HistoscanInputError(f"{flag} {value}: must be at least 1")
     if not 0 <= args.min_tissue <= 1:
         raise HistoscanInputError(f"--min-tissue {args.min_tissue}: must be between 0 and 1")
     if args.explain < 0:
         raise HistoscanInputError(f"--explain {args.explain}: must be 0 or more")
     if args.onnx is not None and not args.onnx.is_file():
         raise HistoscanInputError(f"--onnx {args.onnx}: file not found")
-    predictor = load_predictor(args.onnx or args.run, "onnx" if args.onnx else args.backend, args.device)
-    opts = SlideOptions(
+    return SlideOptions(
         mpp=args.mpp,
         model_mpp=args.model_mpp,
         stride=args.stride,
@@ -97,10 +109,19 @@ def run(args: argparse.Namespace) -> int:
         level=args.level,
         min_tissue=args.min_tissue,
         explain=args.explain,
-        force=args.force,
-        workers=args.workers,
+        force=force,
+        workers=args.tile_workers,
         reader=args.reader,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Map one slide; print where the outputs are and the headline numbers."""
+    from histoscan.inference.predictor import load_predictor
+    from histoscan.slide.mapping import map_slide
+
+    opts = slide_options(args, force=args.force)
+    predictor = load_predictor(args.onnx or args.run, "onnx" if args.onnx else args.backend, args.device)
     s = map_slide(predictor, args.slide, args.out, opts, progress=not args.no_progress)
     print(
         f"{Path(args.slide).name}: {s['n_tissue_tiles']} tissue tiles of {s['n_tiles']} "

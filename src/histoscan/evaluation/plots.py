@@ -131,8 +131,34 @@ def read_training_curves(path: Path) -> dict[str, np.ndarray] | None:
     return {k: np.array([num(r.get(k)) for r in rows]) for k in rows[0]}
 
 
-def plot_curves(curves: dict[str, np.ndarray], path: Path) -> Path:
-    """Training curves: loss, AUC and accuracy per epoch for the train and validation splits."""
+def evaluated_epoch(
+    curves: dict[str, np.ndarray], monitor: str = "val_auc", last: bool = False
+) -> tuple[int, str] | None:
+    """The epoch whose weights were evaluated and why: the best row of `monitor` (as best.ckpt keeps it).
+
+    Args:
+        curves: columns of RUN/metrics.csv (see `read_training_curves`).
+        monitor: "val_auc" (highest wins) or "val_loss" (lowest wins), the run's `monitor`.
+        last: the evaluated weights are last.ckpt: the last row.
+
+    Returns:
+        (epoch as metrics.csv numbers it, reason such as "best val_auc 0.912"), or None when the column
+        has no value.
+    """
+    n = len(next(iter(curves.values())))
+    epoch = curves.get("epoch", np.arange(n))
+    if last:
+        return int(epoch[-1]), "last epoch"
+    v = curves.get(monitor)
+    if v is None or not np.isfinite(v).any():
+        return None
+    i = int(np.nanargmin(v) if monitor == "val_loss" else np.nanargmax(v))  # first of ties, as checkpointing
+    return int(epoch[i]), f"best {monitor} {v[i]:.3f}"
+
+
+def curves_figure(curves: dict[str, np.ndarray], mark: tuple[int, str] | None = None) -> plt.Figure:
+    """Loss, AUC and accuracy per epoch for the train and validation splits; `mark` = (epoch, reason)
+    draws the evaluated epoch as a dashed vertical line labelled "evaluated: epoch k" in every panel."""
     epoch = curves.get("epoch", np.arange(len(next(iter(curves.values())))))
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     for ax, name in zip(axes, ("loss", "auc", "acc"), strict=True):
@@ -141,7 +167,14 @@ def plot_curves(curves: dict[str, np.ndarray], path: Path) -> Path:
             if v is not None and np.isfinite(v).any():
                 ok = np.isfinite(v)
                 ax.plot(epoch[ok], v[ok], "o-", ms=3, label=split)
+        if mark is not None:
+            ax.axvline(mark[0], color="C3", ls="--", lw=1.2, label=f"evaluated: epoch {mark[0]}")
         ax.set(xlabel="epoch", title={"loss": "loss (BCE)", "auc": "AUC", "acc": "accuracy"}[name])
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
+
+
+def plot_curves(curves: dict[str, np.ndarray], path: Path, mark: tuple[int, str] | None = None) -> Path:
+    """Write `curves_figure(curves, mark)` to path."""
+    return _save(curves_figure(curves, mark), path)

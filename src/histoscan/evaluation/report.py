@@ -15,7 +15,9 @@ import yaml
 from PIL import Image
 
 from histoscan import __version__
+from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.plots import (
+    evaluated_epoch,
     plot_calibration,
     plot_confusion,
     plot_curves,
@@ -45,8 +47,11 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em .8em;margin:.5em 0}
 .plots img{max-width:49%;vertical-align:top}.wide img{max-width:100%}
-.grid{display:flex;flex-wrap:wrap;gap:8px}.grid figure{margin:0;width:112px;font-size:11px;text-align:center}
-.grid img{width:104px;height:104px;image-rendering:pixelated;border:1px solid #aaa}
+.summary{font-size:1.05em;margin:.2em 0 .8em}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,120px);gap:12px 10px;align-items:start}
+.grid figure{margin:0;width:120px;min-width:0;font-size:11px;line-height:1.3;text-align:center}
+.grid img{display:block;margin:0 auto 3px;width:104px;height:104px;image-rendering:pixelated;border:1px solid #aaa}
+.grid figcaption{overflow-wrap:anywhere;word-break:break-all}.grid .p{display:block;font-weight:600}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:12px}.muted{color:#777}
 """
 
@@ -65,8 +70,25 @@ def _thumb(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def evaluated_mark(run: RunDir | None, checkpoint: str | None = None) -> tuple[int, str] | None:
+    """(epoch, reason) of the evaluated weights on RUN's training curves: last.ckpt -> the last epoch, any
+    other model of the run (best.ckpt, its ONNX export) -> the best epoch by the run's monitor."""
+    curves = read_training_curves(run.metrics_path) if run is not None else None
+    if not curves or run is None:
+        return None
+    try:
+        monitor = run.read_config().monitor
+    except HistoscanInputError:  # no or unreadable config.yaml: the default monitor when it was logged
+        monitor = "val_auc" if np.isfinite(curves.get("val_auc", np.array([np.nan]))).any() else "val_loss"
+    last = (
+        checkpoint is not None and Path(checkpoint).stem == RunDir.LAST and Path(checkpoint).suffix == ".ckpt"
+    )
+    return evaluated_epoch(curves, monitor, last)
+
+
 def write_figures(out_dir: Path, y: np.ndarray, p: np.ndarray, m: dict[str, Any], run: RunDir | None) -> dict:
-    """Write roc.png, pr.png, confusion.png, calibration.png and (with RUN/metrics.csv) curves.png."""
+    """Write roc.png, pr.png, confusion.png, calibration.png and (with RUN/metrics.csv) curves.png, the
+    evaluated epoch marked on the curves (see `evaluated_mark`; m["checkpoint"] names the weights)."""
     figs = {
         "roc": plot_roc(y, p, m, out_dir / "roc.png"),
         "pr": plot_pr(y, p, m, out_dir / "pr.png"),
@@ -75,7 +97,8 @@ def write_figures(out_dir: Path, y: np.ndarray, p: np.ndarray, m: dict[str, Any]
     }
     curves = read_training_curves(run.metrics_path) if run is not None else None
     if curves:
-        figs["curves"] = plot_curves(curves, out_dir / "curves.png")
+        mark = evaluated_mark(run, m.get("checkpoint"))
+        figs["curves"] = plot_curves(curves, out_dir / "curves.png", mark)
     return figs
 
 
@@ -86,6 +109,10 @@ def confident_errors(
     fp = np.flatnonzero((y == 0) & (p >= threshold))
     fn = np.flatnonzero((y == 1) & (p < threshold))
     return fp[np.argsort(-p[fp], kind="stable")][:k], fn[np.argsort(p[fn], kind="stable")][:k]
+
+
+def _tta_text(views: int | None) -> str:
+    return "off (1 view)" if not views or views <= 1 else f"{views} dihedral views, logits averaged"
 
 
 def _fmt(v: Any) -> str:
@@ -149,8 +176,8 @@ def _grid(
         return f"<h3>{_esc(title)}</h3><p class=muted>{_esc(empty)}</p>"
     imgs = images(pos)
     cells = "".join(
-        f"<figure><img src='{_thumb(im)}' alt='{_esc(ids[i])}'><figcaption>{_esc(ids[i])}<br>p = {p[i]:.3f}"
-        "</figcaption></figure>"
+        f"<figure title='{_esc(ids[i])}'><img src='{_thumb(im)}' alt='{_esc(ids[i])}'>"
+        f"<figcaption>{_esc(ids[i])}<span class=p>p = {p[i]:.3f}</span></figcaption></figure>"
         for im, i in zip(imgs, pos, strict=True)
     )
     return f"<h3>{_esc(title)}</h3><div class=grid>{cells}</div>"
@@ -181,16 +208,22 @@ def write_report(
     """
     figures = figures or {}
     fp, fn = confident_errors(y, p, m["threshold"])
+    mark = evaluated_mark(RunDir(Path(m["run"])) if m.get("run") else None, m.get("checkpoint"))
     head = [
         ("model", m.get("model")),
         ("run / checkpoint", m.get("checkpoint")),
+        ("evaluated epoch", f"{mark[0]} ({mark[1]})" if mark else None),
         ("data", m.get("data")),
         ("evaluated", f"{m['n']} patches ({m.get('subset', 'all')})"),
-        ("threshold", f"{m['threshold']:.4g} — {m.get('threshold_source', '')}"),
-        ("test-time augmentation", f"{m.get('tta', 1)} view(s), logits averaged"),
-        ("backend", m.get("backend")),
+        ("threshold", f"{m['threshold']:.4g} — source: {m.get('threshold_source') or 'unknown'}"),
+        ("test-time augmentation", _tta_text(m.get("tta", 1))),
+        ("backend", m.get("backend") or "unknown"),
         ("created", f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC} by histoscan {__version__}"),
     ]
+    summary = (
+        f"{m.get('model', '')} via {m.get('backend') or 'unknown backend'} · TTA {_tta_text(m.get('tta', 1))}"
+        f" · threshold {m['threshold']:.4g} ({m.get('threshold_source') or 'unknown source'})"
+    )
     plots = "".join(
         f"<img src='{_b64_png(figures[k])}' alt='{k}'>"
         for k in ("roc", "pr", "confusion", "calibration")
@@ -201,13 +234,20 @@ def write_report(
         if "curves" in figures
         else "<p class=muted>No training curves (the run has no metrics.csv).</p>"
     )
+    if "curves" in figures and mark:
+        curves += f"<p class=muted>Dashed line: the evaluated weights, epoch {mark[0]} ({_esc(mark[1])}).</p>"
     data_name = Path(str(m.get("data", ""))).name
     config_text = yaml.safe_dump(config, sort_keys=False) if config else "not available (bare checkpoint)"
     body = [
         f"<h1>histoscan evaluation: {_esc(m.get('model', ''))} on {_esc(data_name)}</h1>",
+        f"<p class=summary>{_esc(summary)}</p>",
         *(f"<div class=note>{_esc(n)}</div>" for n in notes),
         "<table>"
-        + "".join(f"<tr><td>{k}</td><td style='text-align:left'>{_esc(v)}</td></tr>" for k, v in head)
+        + "".join(
+            f"<tr><td>{k}</td><td style='text-align:left'>{_esc(v)}</td></tr>"
+            for k, v in head
+            if v is not None or k != "evaluated epoch"
+        )
         + "</table>",
         "<h2>Metrics</h2>",
         _metrics_table(m),

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_PACKAGE = "fastapi_offline"  # ships swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js
 ASSETS_URL = "/static/docs"  # mounted before /static (the page's files), so it wins the prefix
 DOCS_URL, REDOC_URL, OAUTH2_REDIRECT_URL = "/docs", "/redoc", "/docs/oauth2-redirect"
-# The pages load nothing from elsewhere (ReDoc's side menu would fetch a logo from cdn.redoc.ly): scripts,
-# styles, images, fonts and fetches stay on this server; the inline init script and ReDoc's inline styles
-# need 'unsafe-inline', its search worker a blob: URL.
+REDOC_JS = "redoc.standalone.js"
+# ReDoc's side menu shows "API docs by Redocly" with a logo image from this URL; it is served pointing at an
+# empty data: URL instead (the image fails without a request and ReDoc hides it), so nothing leaves the page
+REDOCLY_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+# And a policy that the pages load nothing from elsewhere: scripts, styles, images, fonts and fetches stay on
+# this server; the inline init script and ReDoc's inline styles need 'unsafe-inline', its search worker blob:.
 CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
@@ -50,7 +54,15 @@ def add_docs(app: FastAPI) -> None:
 
     The app must be created with `docs_url=None, redoc_url=None`; call this before mounting /static.
     """
-    app.mount(ASSETS_URL, StaticFiles(directory=str(assets_dir())), name="docs-assets")
+    folder = assets_dir()
+
+    @app.get(f"{ASSETS_URL}/{REDOC_JS}", include_in_schema=False)  # before the mount, so it wins
+    async def redoc_js() -> Response:
+        return Response(
+            _redoc_js(folder), media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+        )
+
+    app.mount(ASSETS_URL, StaticFiles(directory=str(folder)), name="docs-assets")
     title = f"{app.title} {app.version} — API"
 
     def _page(response: HTMLResponse) -> HTMLResponse:
@@ -85,8 +97,14 @@ def add_docs(app: FastAPI) -> None:
             get_redoc_html(
                 openapi_url=f"{root}{app.openapi_url}",
                 title=title,
-                redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+                redoc_js_url=f"{root}{ASSETS_URL}/{REDOC_JS}",
                 redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
                 with_google_fonts=False,
             )
         )
+
+
+@functools.cache
+def _redoc_js(folder: Path) -> bytes:
+    """ReDoc's standalone bundle with the Redocly logo URL replaced by an empty data: URL."""
+    return (folder / REDOC_JS).read_bytes().replace(REDOCLY_LOGO, b"data:,")

@@ -135,9 +135,11 @@ def train(
         run = RunDir.stage(config.out, force) if rank == 0 else RunDir(Path(config.out).resolve())
     try:
         trainer = _fit(run, config, store, split, resume, say)
-    except BaseException:
-        if rank == 0:
-            run.discard()
+    except BaseException as e:
+        if rank == 0 and not resume:
+            run.discard()  # a start that failed before the fit: the staging folder goes
+            if not isinstance(e, Interrupted) and not run.staged and not run.last_ckpt.is_file():
+                shutil.rmtree(run.path, ignore_errors=True)  # failed in the fit before any epoch was saved
         raise
     if trainer.is_global_zero:
         _choose_threshold(
@@ -191,6 +193,8 @@ def _fit(
         accelerator, devices = placement(config)
         say(start_line(config, counts["splits"], store.size, mpp, accelerator, trainer.precision,
                        devices * config.num_nodes, resume_epoch))  # fmt: skip
+    if run.staged:  # everything that bad input can break has been checked: the run moves into place now
+        run.commit()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")

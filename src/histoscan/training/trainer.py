@@ -1,5 +1,5 @@
 """Lightning Trainer assembly: devices and DDP, precision, callbacks (checkpoints, early stopping, fine-tuning,
-progress), the experiment logger, and the callback that moves a staged run into place."""
+progress) and the experiment logger."""
 
 from __future__ import annotations
 
@@ -49,18 +49,6 @@ def precision(config: TrainConfig, accelerator: str) -> str:
     if accelerator == "gpu":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
-
-
-class CommitRun(L.Callback):
-    """Move a staged run folder into place when training starts (rank 0; the others wait for it)."""
-
-    def __init__(self, run: RunDir):
-        self.run = run
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.run.commit()
-        trainer.strategy.barrier("histoscan-commit-run")
 
 
 class EarlyStop(EarlyStopping):
@@ -120,14 +108,12 @@ def build_trainer(
 ) -> L.Trainer:
     """A Trainer with early stopping, best/last checkpoints, per-epoch metrics.csv and the run's precision.
 
-    Files go to the run's final place (`run.final`): Lightning writes them only after :class:`CommitRun`
-    has moved the staged folder there. Progress: a bar with totals on a terminal, else one line per epoch
-    through `echo` (nothing when `echo` is None).
+    Files go to the run's final place (`run.final`): the caller commits a staged run just before the fit.
+    Progress: a bar with totals on a terminal, else one line per epoch through `echo` (None: nothing).
     """
     mode = "max" if config.monitor == "val_auc" else "min"
     ckpt_dir = run.final_path(RunDir.CHECKPOINTS)
     cbs: list[L.Callback] = [
-        CommitRun(run),
         EpochSeeding(config.seed),
         MetricsCSV(run.final_path(RunDir.METRICS)),
         EarlyStop(config.monitor, patience=config.patience, mode=mode),

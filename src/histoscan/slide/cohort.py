@@ -1,0 +1,291 @@
+"""Whole-slide maps for a cohort: resumable, exactly-once, on this process or a Ray cluster.
+
+Layout of DIR: `<id>/` per slide (what `histoscan slide` writes, plus thumbnail.jpg and `.done.json`),
+`cohort.csv`, `index.html`, and hidden state: `.cohort.json` (marks DIR as a cohort), `.lock`, `.work/`
+(slides being mapped) and `.failed/<id>.json` (the last failure of each slide).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from histoscan import __version__
+from histoscan.errors import HistoscanInputError, Interrupted
+from histoscan.inference.predictor import load_predictor
+from histoscan.slide.cohort_items import (
+    CohortItem,
+    list_cohort,
+    model_id,
+    settings_key,
+    slide_fingerprint,
+)
+from histoscan.slide.cohort_report import COLUMNS, write_cohort_csv, write_index
+from histoscan.slide.engines import LocalEngine, RayEngine, SlideResult, import_ray, worker_info
+from histoscan.slide.tiles import SlideOptions
+from histoscan.utils.fs import atomic_write_json, replace_folder
+
+__all__ = ["COLUMNS", "CohortItem", "CohortReport", "list_cohort", "run_cohort"]
+
+log = logging.getLogger(__name__)
+
+MARKER = ".done.json"
+COHORT_MARK = ".cohort.json"
+
+
+@dataclass
+class CohortReport:
+    """What a cohort run did: one row per slide of INPUT (cohort.csv's columns) and this run's figures."""
+
+    out: Path
+    rows: list[dict]
+    model_id: str
+    engine: str
+    workers: int
+    mapped: int = 0  # slides mapped by this run (ok or failed)
+    skipped: int = 0  # already done with the same model and settings
+    tiles: int = 0  # tissue tiles classified by this run
+    restarts: int = 0  # Ray workers that died and were replaced
+    seconds: float = 0.0
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # per worker (host:pid)
+
+    @property
+    def n_ok(self) -> int:
+        return sum(r["status"] == "ok" for r in self.rows)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r["status"] == "failed" for r in self.rows)
+
+
+def run_cohort(
+    model: str | Path,
+    source: str | Path,
+    out: str | Path,
+    options: SlideOptions | None = None,
+    *,
+    engine: Literal["local", "ray"] = "local",
+    backend: str = "auto",
+    device: str = "auto",
+    force: bool = False,
+    workers: int | None = None,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    ray_address: str | None = None,
+    progress: bool = False,
+    on_result: Callable[[dict], None] | None = None,
+) -> CohortReport:
+    """Map every slide of `source` into `out/<id>/`, skipping slides already done, and tabulate them.
+
+    A slide is done when `out/<id>/.done.json` records the same slide fingerprint (path, size, mtime, first
+    and last MiB), model id (model name + weights SHA-256) and mapping settings; it is then skipped (unless
+    `force`). Everything else is mapped; its folder is built in `out/.work/` and moved into place with the
+    marker already inside, so a crash at any point never leaves a slide counted as done. A slide that fails
+    is recorded with a one-line error and the others go on. cohort.csv and index.html are rebuilt from the
+    markers at the end of every run, also after Ctrl-C.
+
+    Args:
+        model: run folder, checkpoint or .onnx (loaded once per worker).
+        source: a folder of slides or a CSV with path[,mpp,id] (see :func:`list_cohort`).
+        out: the cohort folder (created; an existing cohort is resumed).
+        options: how each slide is mapped (its `force` is ignored: see `force`).
+        engine: "local" (this process, sequential) or "ray".
+        backend, device: as for `load_predictor`.
+        force: remap every slide; also allows writing into a non-empty folder that is not a cohort.
+        workers, cpus_per_worker, gpus_per_worker, ray_address: Ray only (see :class:`RayEngine`).
+        progress: tqdm bar per slide (local engine).
+        on_result: called with each slide's row as it is finished (or skipped, with `skipped` set).
+
+    Raises:
+        HistoscanInputError: bad INPUT, MODEL or options (before any slide is mapped).
+        Interrupted: Ctrl-C (what is done stays done; rerun to resume).
+    """
+    t0 = time.perf_counter()
+    opts = options or SlideOptions()
+    dest = Path(out).expanduser()
+    items = list_cohort(source, exclude=dest)
+    if engine not in ("local", "ray"):
+        raise HistoscanInputError(f"--engine {engine}: choose local or ray")
+    if engine == "local" and workers not in (None, 1):
+        raise HistoscanInputError(f"--workers {workers}: more than one worker needs --engine ray")
+    _check_out(dest, force)
+    if engine == "ray":
+        import_ray()  # fail before loading anything when Ray is missing
+    predictor = load_predictor(model, backend, "cpu" if engine == "ray" else device)  # type: ignore[arg-type]
+    card, mid = predictor.card, model_id(predictor.card)
+    runner: LocalEngine | RayEngine
+    if engine == "ray":
+        del predictor  # the workers load their own
+        runner = RayEngine(
+            model, backend, device, opts, mid, workers, cpus_per_worker, gpus_per_worker, ray_address
+        )
+    else:
+        runner = LocalEngine(predictor, opts, progress)
+    report = CohortReport(dest, [], mid, runner.name, 1)
+    keys: dict[str, dict] = {}
+    todo: list[CohortItem] = []
+    unreadable: list[SlideResult] = []
+    notify = on_result or (lambda row: None)
+    with _cohort_folder(dest, source):
+        for item in items:
+            try:
+                fp = slide_fingerprint(item.path)
+            except OSError as e:
+                fp = ""
+                why = "slide not found" if not item.path.exists() else f"cannot read ({e.strerror or e})"
+                unreadable.append(SlideResult(item.id, "failed", 0.0, f"{item.path}: {why}"))
+            keys[item.id] = {"fingerprint": fp, "model_id": mid, "settings": settings_key(card, opts, item)}
+            if fp and not force and _row(dest, item, keys[item.id])["status"] == "ok":
+                report.skipped += 1
+                notify({**_row(dest, item, keys[item.id]), "skipped": True})
+            elif fp:
+                todo.append(item)
+        by_id = {it.id: it for it in items}
+
+        def commit(result: SlideResult) -> None:
+            row = _commit(dest, by_id[result.id], keys[result.id], result, report)
+            notify({**row, "skipped": False})
+
+        interrupted = False
+        try:
+            for result in unreadable:
+                result.worker = worker_info(runner.name)
+                commit(result)
+            runner.run(todo, dest / ".work", commit)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            report.rows = [_row(dest, it, keys[it.id]) for it in items if it.id in keys]
+            report.workers, report.restarts = runner.workers, runner.restarts
+            report.seconds = time.perf_counter() - t0
+            write_cohort_csv(dest / "cohort.csv", report.rows)
+            note = (
+                f"{report.n_ok} ok, {report.n_failed} failed of {len(items)} slides · model {mid} · "
+                f"updated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · histoscan {__version__}"
+            )
+            write_index(dest, report.rows, f"histoscan slides: {dest.name}", note)
+    if interrupted:
+        raise Interrupted(
+            f"{report.n_ok} of {len(items)} slides done in {dest}; rerun the same command to resume"
+        )
+    return report
+
+
+def _check_out(dest: Path, force: bool) -> None:
+    """DIR may be new, empty, an earlier cohort (resumed), or anything else with --force."""
+    if dest.exists() and not dest.is_dir():
+        raise HistoscanInputError(f"--out {dest}: exists and is not a folder")
+    if dest.is_dir() and not (dest / COHORT_MARK).is_file() and any(dest.iterdir()) and not force:
+        raise HistoscanInputError(
+            f"--out {dest}: folder is not empty and not a histoscan slides output (use --force to write into it)"
+        )
+
+
+@contextlib.contextmanager
+def _cohort_folder(dest: Path, source: str | Path) -> Iterator[None]:
+    """Create and lock DIR for this run; clear what an interrupted run left in its work area."""
+    dest.mkdir(parents=True, exist_ok=True)
+    lock = (dest / ".lock").open("w")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows: no lock
+            pass
+        except BlockingIOError:
+            raise HistoscanInputError(f"--out {dest}: another histoscan slides run is using it") from None
+        if not (dest / COHORT_MARK).is_file():
+            created = datetime.now(UTC).isoformat(timespec="seconds")
+            atomic_write_json(
+                dest / COHORT_MARK, {"created": created, "input": str(source), "histoscan": __version__}
+            )
+        _clean(dest)
+        yield
+    finally:
+        _clean(dest)
+        lock.close()
+
+
+def _clean(dest: Path) -> None:
+    """Remove the work area and any half-moved folder (`.<id>.*.partial`, `.<id>.old-*`)."""
+    shutil.rmtree(dest / ".work", ignore_errors=True)
+    for p in [*dest.glob(".*.partial"), *dest.glob(".*.old-*")]:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _row(dest: Path, item: CohortItem, key: dict) -> dict:
+    """cohort.csv's row for `item`, from its markers: ok, failed, or pending (not finished by any run)."""
+    row = {k: None for k in COLUMNS} | {"id": item.id, "path": str(item.path), "model_id": key["model_id"]}
+    done = _read_json(dest / item.id / MARKER)
+    if done and all(done.get(k) == v for k, v in key.items()) and (dest / item.id / "summary.json").is_file():
+        return row | {k: done.get(k) for k in COLUMNS if k not in row or row[k] is None} | {"status": "ok"}
+    failed = _read_json(dest / ".failed" / f"{item.id}.json")
+    if failed and all(failed.get(k) == v for k, v in key.items()):
+        return row | {"status": "failed", "error": failed.get("error"), "seconds": failed.get("seconds")}
+    return row | {"status": "pending", "error": ""}
+
+
+def _commit(dest: Path, item: CohortItem, key: dict, result: SlideResult, report: CohortReport) -> dict:
+    """Record one finished slide: outputs + marker moved into DIR/<id>/ in one rename, or its failure."""
+    record = {
+        "id": item.id,
+        "path": str(item.path),
+        **key,
+        "status": result.status,
+        "error": result.error,
+        "seconds": round(result.seconds, 3),
+        "attempts": result.attempts,
+        "worker": result.worker,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    report.mapped += 1
+    if result.worker:
+        w = f"{result.worker['host']}:{result.worker['pid']}"
+        report.peak_rss_mb[w] = max(report.peak_rss_mb.get(w, 0.0), result.worker["peak_rss_mb"])
+    failure = dest / ".failed" / f"{item.id}.json"
+    if result.status != "ok":
+        atomic_write_json(failure, record | {"detail": result.detail})
+        return {k: record.get(k) for k in COLUMNS}
+    s = result.summary or {}
+    record |= {
+        "tissue_mm2": s.get("tissue_area_mm2"),
+        "tumour_mm2": s.get("tumour_area_mm2"),
+        "max_probability": s.get("max_probability"),
+        "tumour_tiles": s.get("n_tumour_tiles"),
+        "tissue_tiles": s.get("n_tissue_tiles"),
+    }
+    staged = Path(result.folder) if result.folder else _unpack(result.files or {}, dest / ".work" / item.id)
+    atomic_write_json(staged / MARKER, record)
+    replace_folder(staged, dest / item.id)
+    failure.unlink(missing_ok=True)
+    report.tiles += int(record["tissue_tiles"] or 0)
+    return {k: record.get(k) for k in COLUMNS}
+
+
+def _unpack(files: dict[str, bytes], folder: Path) -> Path:
+    """Write a worker's returned outputs into `folder` (relative paths only)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for rel, data in files.items():
+        p = folder / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ValueError(f"worker returned an unsafe path {rel!r}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
