@@ -66,8 +66,7 @@ def client(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
         yield c
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -77,7 +76,7 @@ def free_port() -> int:
 def _uvicorn(app: Any) -> Iterator[str]:
     import uvicorn
 
-    port = free_port()
+    port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

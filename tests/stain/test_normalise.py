@@ -139,15 +139,19 @@ def test_blank_and_black_patches_pass_through_counted(
     x = _nchw([white, patients[TARGET][0], black, nearly_white])
     with caplog.at_level(logging.WARNING, logger="histoscan.stain.normalise"):
         y = norm(x)
+        norm(_nchw([white]))  # a second batch: counted, no second warning line
+        assert not caplog.records  # no line per batch
+        line = norm.report()
+        assert norm.report() is None  # nothing new since
     assert torch.isfinite(y).all()
     for i in (0, 2, 3):
         assert torch.equal(y[i], x[i])
     assert not torch.equal(y[1], x[1])
-    assert norm.n_skipped == 3 and norm.n_seen == 4
+    assert norm.n_skipped == 4 and norm.n_seen == 5
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "3 of 4 patches" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "4 of 5 patches" in warnings[0].getMessage() == line
     y = norm(_nchw([white, white]))  # a batch of nothing but background
-    assert torch.equal(y, _nchw([white, white])) and norm.n_skipped == 5
+    assert torch.equal(y, _nchw([white, white])) and norm.n_skipped == 6
 
 
 @pytest.mark.parametrize("method", ["macenko", "reinhard"])

@@ -36,7 +36,14 @@ def small_idc(idc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_three_fold_cv_scores_every_patch_once_by_a_run_without_its_patient(small_idc: Path, tmp_path: Path):
     cfg = TrainConfig(data=str(small_idc), out=str(tmp_path / "cv"), epochs=1, batch_size=16, limit_batches=2)
-    result = crossval(cfg, folds=3)
+    said: list[str] = []
+    result = crossval(cfg, folds=3, echo=said.append)
+    starts = [line for line in said if line.startswith("fold ") and ": training " in line]
+    results = [line for line in said if line.startswith("fold ") and ": AUC " in line]
+    assert [line.split(":")[0] for line in starts] == ["fold 1/3", "fold 2/3", "fold 3/3"]
+    assert [line.split(":")[0] for line in results] == ["fold 1/3", "fold 2/3", "fold 3/3"]
+    for line, fold in zip(results, result["per_fold"], strict=True):
+        assert f"AUC {fold['auc']:.3f}" in line and f"({fold['n']} patches" in line
     with (tmp_path / "cv" / "predictions.csv").open() as f:
         preds = list(csv.DictReader(f))
     assert len(preds) == 144 and len({p["id"] for p in preds}) == 144

@@ -23,16 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the cross-validation and print the pooled figures."""
+    """Run the cross-validation, one line per fold start and result, then the pooled figures."""
     from histoscan.cli.train import config_from_args
     from histoscan.training.crossval import crossval
 
-    r = crossval(config_from_args(args), folds=args.folds, tta=args.tta, force=args.force)
+    r = crossval(
+        config_from_args(args),
+        folds=args.folds,
+        tta=args.tta,
+        force=args.force,
+        echo=lambda line: print(line, flush=True),
+    )
     m = r["pooled"]
     ci = m["ci95"]
-    print(f"{r['folds']}-fold CV, {m['n']} patches, {r['seconds']:.0f} s")
+    print(f"{r['folds']}-fold CV, {m['n']} patches, {r['seconds'] / 60:.1f} min (pooled, 95% CIs)")
     for k in ("auc", "balanced_accuracy", "f1"):
         lo, hi = ci[k] if ci.get(k) else (float("nan"), float("nan"))
         print(f"  {k:18s} {m[k]:.3f}  [{lo:.3f}, {hi:.3f}]")
-    print(f"  {args.out}/cv.json")
+    print(f"wrote {args.out}/cv.json and {args.out}/predictions.csv")
+    print(f"next: histoscan train --data {args.data} --out runs/final  (the same options, on all the data)")
     return 0

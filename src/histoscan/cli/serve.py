@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="HTTP API + web page for a model",
         description="Serve MODEL over HTTP: POST /v1/predict, /v1/explain, GET /v1/model, /healthz, "
-        "/metrics, OpenAPI at /docs and a web page at /. Set HISTOSCAN_API_KEY to require "
-        "`Authorization: Bearer <key>`.",
+        "/metrics, API docs at /docs and /redoc (no internet needed) and a web page at /. Set "
+        "HISTOSCAN_API_KEY to require `Authorization: Bearer <key>`. The URL is printed once the server "
+        "answers.",
     )
     p.add_argument("model", metavar="MODEL", help="run folder, checkpoint (.ckpt) or ONNX export (.onnx)")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}: this machine only)")

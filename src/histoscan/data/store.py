@@ -117,7 +117,9 @@ def _pack(src: Source, out: Path, size: int, fit: Fit, skip_bad: bool, checksum:
         with (
             open(tmp / "images.npy", "r+b") as fimg,
             open(tmp / "index.csv", "w", newline="") as fidx,
-            tqdm(total=n_max, unit="img", desc="prepare", file=sys.stderr, mininterval=0.5) as bar,
+            tqdm(
+                total=n_max, unit="img", desc="prepare", file=sys.stderr, mininterval=0.5, disable=None
+            ) as bar,
         ):
             index = csv.writer(fidx)
             index.writerow(INDEX_COLUMNS)

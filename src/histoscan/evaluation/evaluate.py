@@ -162,6 +162,9 @@ def _evaluate_into(
     elif source.startswith("default"):
         notes.append("The run has no threshold.json: the default threshold 0.5 is used.")
     probs = sigmoid(infer(predictor, store.images, rows, tta, batch_size, desc="evaluate"))
+    stain_line = predictor.stain_note("evaluated patches (TTA views counted)")
+    if stain_line:
+        notes.append(stain_line)
     ids = [store.ids[i] for i in rows]
     groups = [store.groups[i] for i in rows]
     grouped = all(groups)

@@ -125,6 +125,7 @@ def predict(
     card = predictor.card
     store = store_for_model(data, card, "unlabelled", skip_bad)
     probs = sigmoid(infer(predictor, store.images, tta=tta, batch_size=batch_size))
+    predictor.stain_note("predicted patches (TTA views counted)")  # one warning line, not one per batch
     order = _submission_order(Path(data)) if fmt == "kaggle" else None
     write_predictions(out, store.ids, probs, card.threshold, fmt, order)
     n_skipped, skipped = skipped_files(store)

@@ -48,6 +48,10 @@ class Predictor:
         """Tumour probabilities (sigmoid of the logits)."""
         return sigmoid(self.predict_logits(images, batch_size))
 
+    def stain_note(self, what: str = "patches") -> str | None:
+        """One line on the patches the stain normaliser passed through since the last call (None: none)."""
+        return None
+
     def check_images(self, images: np.ndarray | torch.Tensor) -> None:
         """Raise naming the expected shape unless `images` is uint8 N x S x S x 3 at the card's size."""
         s = self.card.image_size
@@ -68,6 +72,10 @@ class TorchPredictor(Predictor):
         self.device = str(self.torch_device)
         self.classifier = classifier.to(self.torch_device).eval()
         self.card = card
+
+    def stain_note(self, what: str = "patches") -> str | None:
+        stain = self.classifier.stain
+        return stain.report(what) if stain is not None and hasattr(stain, "report") else None
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:

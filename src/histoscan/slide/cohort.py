@@ -20,6 +20,7 @@ from typing import Literal
 
 from histoscan import __version__
 from histoscan.errors import HistoscanInputError, Interrupted
+from histoscan.inference.card import ModelCard
 from histoscan.inference.predictor import load_predictor
 from histoscan.slide.cohort_items import (
     CohortItem,
@@ -130,31 +131,17 @@ def run_cohort(
     else:
         runner = LocalEngine(predictor, opts, progress)
     report = CohortReport(dest, [], mid, runner.name, 1)
-    keys: dict[str, dict] = {}
-    todo: list[CohortItem] = []
-    unreadable: list[SlideResult] = []
     notify = on_result or (lambda row: None)
+    created = not dest.exists()
+    interrupted = False
     with _cohort_folder(dest, source):
-        for item in items:
-            try:
-                fp = slide_fingerprint(item.path)
-            except OSError as e:
-                fp = ""
-                why = "slide not found" if not item.path.exists() else f"cannot read ({e.strerror or e})"
-                unreadable.append(SlideResult(item.id, "failed", 0.0, f"{item.path}: {why}"))
-            keys[item.id] = {"fingerprint": fp, "model_id": mid, "settings": settings_key(card, opts, item)}
-            if fp and not force and _row(dest, item, keys[item.id])["status"] == "ok":
-                report.skipped += 1
-                notify({**_row(dest, item, keys[item.id]), "skipped": True})
-            elif fp:
-                todo.append(item)
+        keys, todo, unreadable = _plan(dest, items, card, mid, opts, force, report, notify)
         by_id = {it.id: it for it in items}
 
         def commit(result: SlideResult) -> None:
             row = _commit(dest, by_id[result.id], keys[result.id], result, report)
             notify({**row, "skipped": False})
 
-        interrupted = False
         try:
             for result in unreadable:
                 result.worker = worker_info(runner.name)
@@ -162,21 +149,69 @@ def run_cohort(
             runner.run(todo, dest / ".work", commit)
         except KeyboardInterrupt:
             interrupted = True
+        except HistoscanInputError:  # the engine could not start: a new DIR is not left behind
+            if created and not report.mapped:
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
         finally:
-            report.rows = [_row(dest, it, keys[it.id]) for it in items if it.id in keys]
-            report.workers, report.restarts = runner.workers, runner.restarts
-            report.seconds = time.perf_counter() - t0
-            write_cohort_csv(dest / "cohort.csv", report.rows)
-            note = (
-                f"{report.n_ok} ok, {report.n_failed} failed of {len(items)} slides · model {mid} · "
-                f"updated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · histoscan {__version__}"
-            )
-            write_index(dest, report.rows, f"histoscan slides: {dest.name}", note)
+            if dest.is_dir():
+                _finish(dest, items, keys, runner, report, t0)
     if interrupted:
         raise Interrupted(
             f"{report.n_ok} of {len(items)} slides done in {dest}; rerun the same command to resume"
         )
     return report
+
+
+def _plan(
+    dest: Path,
+    items: list[CohortItem],
+    card: ModelCard,
+    mid: str,
+    opts: SlideOptions,
+    force: bool,
+    report: CohortReport,
+    notify: Callable[[dict], None],
+) -> tuple[dict[str, dict], list[CohortItem], list[SlideResult]]:
+    """Each slide's key (fingerprint, model id, settings); the slides to map; the unreadable ones."""
+    keys: dict[str, dict] = {}
+    todo: list[CohortItem] = []
+    unreadable: list[SlideResult] = []
+    for item in items:
+        try:
+            fp = slide_fingerprint(item.path)
+        except OSError as e:
+            fp = ""
+            why = "slide not found" if not item.path.exists() else f"cannot read ({e.strerror or e})"
+            unreadable.append(SlideResult(item.id, "failed", 0.0, f"{item.path}: {why}"))
+        keys[item.id] = {"fingerprint": fp, "model_id": mid, "settings": settings_key(card, opts, item)}
+        row = _row(dest, item, keys[item.id])
+        if fp and not force and row["status"] == "ok":
+            report.skipped += 1
+            notify({**row, "skipped": True})
+        elif fp:
+            todo.append(item)
+    return keys, todo, unreadable
+
+
+def _finish(
+    dest: Path,
+    items: list[CohortItem],
+    keys: dict[str, dict],
+    runner: LocalEngine | RayEngine,
+    report: CohortReport,
+    t0: float,
+) -> None:
+    """cohort.csv and index.html rebuilt from the markers (every run, also an interrupted one)."""
+    report.rows = [_row(dest, it, keys[it.id]) for it in items if it.id in keys]
+    report.workers, report.restarts = runner.workers, runner.restarts
+    report.seconds = time.perf_counter() - t0
+    write_cohort_csv(dest / "cohort.csv", report.rows)
+    note = (
+        f"{report.n_ok} ok, {report.n_failed} failed of {len(items)} slides · model {report.model_id} · "
+        f"updated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · histoscan {__version__}"
+    )
+    write_index(dest, report.rows, f"histoscan slides: {dest.name}", note)
 
 
 def _check_out(dest: Path, force: bool) -> None:

@@ -110,11 +110,12 @@ def _map(
     xy = grid.origins(rc)
     probs = np.empty(len(rc), np.float32)
     with tqdm(
-        total=len(rc), unit="tile", file=sys.stderr, disable=not progress, desc=Path(slide).name
+        total=len(rc), unit="tile", file=sys.stderr, disable=None if progress else True, desc=Path(slide).name
     ) as bar:
         for start, batch in stream_tiles(reader, grid, xy, opts.batch_size, opts.workers, opts.prefetch):
             probs[start : start + len(batch)] = predictor.predict_proba(batch, opts.batch_size)
             bar.update(len(batch))
+    stain_line = predictor.stain_note("tissue tiles")
     t_regions = time.perf_counter()
     heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
     heat[rc[:, 0], rc[:, 1]] = probs
@@ -157,7 +158,7 @@ def _map(
         "tumour_region_area_mm2": n_tumour * cell_mm2,
         "max_probability": float(probs.max()) if len(probs) else None,
         "explained": [str(p.relative_to(out)) for p in explained],
-        "notes": list(reader.notes),
+        "notes": list(reader.notes) + ([stain_line] if stain_line else []),
         "options": asdict(opts),
     }
     if not len(rc):

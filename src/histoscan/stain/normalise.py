@@ -99,6 +99,7 @@ class _StainNormaliser(nn.Module):
         self.od_max, self.min_tissue = float(od_max), float(min_tissue)
         self.n_skipped = 0  # patches passed through unchanged for too little tissue, over this module's life
         self.n_seen = 0
+        self._reported = (0, 0)  # (n_seen, n_skipped) at the last report()
 
     def _params(self) -> dict[str, float]:
         return {"io": self.io, "beta": self.beta, "od_max": self.od_max, "min_tissue": self.min_tissue}
@@ -127,12 +128,22 @@ class _StainNormaliser(nn.Module):
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
         if tracing:  # no host sync or Python side effects inside a traced/compiled graph
             return
-        skipped = int((~keep).sum())
         self.n_seen += len(keep)
-        if skipped:
-            self.n_skipped += skipped
-            msg = "stain %s: %d of %d patches have < %g%% tissue pixels, left unchanged"
-            log.warning(msg, self.method, skipped, len(keep), 100 * self.min_tissue)
+        self.n_skipped += int((~keep).sum())
+
+    def report(self, what: str = "patches") -> str | None:
+        """One warning line for the patches passed through since the last report (None when there were none).
+
+        Callers report once per epoch / per command, not once per batch: a log line per batch buried progress.
+        """
+        seen, skipped = self.n_seen - self._reported[0], self.n_skipped - self._reported[1]
+        self._reported = (self.n_seen, self.n_skipped)
+        if not skipped:
+            return None
+        pct = f"{100 * self.min_tissue:g}%"
+        msg = f"stain {self.method}: {skipped} of {seen} {what} have < {pct} tissue pixels, left unchanged"
+        log.warning(msg)
+        return msg
 
     def to_config(self) -> dict[str, Any]:
         """Plain (JSON/YAML-safe) config that :func:`normaliser_from_config` turns back into this module."""

@@ -17,6 +17,7 @@ from histoscan.evaluation.evaluate import evaluate
 from histoscan.evaluation.metrics import compute_metrics
 from histoscan.inference.card import threshold_fields
 from histoscan.run import RunDir
+from histoscan.training.progress import Echo
 from histoscan.training.train import train
 from histoscan.utils.fs import atomic_path, atomic_write_json, guard_output
 
@@ -26,11 +27,14 @@ def _read_predictions(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def crossval(config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = False) -> dict[str, Any]:
+def crossval(
+    config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = False, echo: Echo | None = None
+) -> dict[str, Any]:
     """Train and evaluate `folds` runs in OUT/fold-<i>; write OUT/cv.json and OUT/predictions.csv.
 
     Each fold's threshold is its own run's (chosen on that run's validation patients); the pooled metrics use the
-    pooled per-patch decisions, so no threshold is ever fitted on test patients.
+    pooled per-patch decisions, so no threshold is ever fitted on test patients. `echo` receives a line per
+    fold start and result (and the folds' training lines).
     """
     config.validate()
     if folds < 2:
@@ -43,9 +47,17 @@ def crossval(config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = Fa
     for k in range(folds):
         cfg = dataclasses.replace(config, out=str(out / f"fold-{k}"), folds=folds, fold=k)
         t = time.perf_counter()
-        run = train(cfg, force=True)
+        if echo is not None:
+            echo(f"fold {k + 1}/{folds}: training {cfg.out}")
+        run = train(cfg, force=True, echo=echo)
         metrics = evaluate(run, config.data, out=run / "eval", tta=tta)
         seconds = time.perf_counter() - t
+        if echo is not None:
+            echo(
+                f"fold {k + 1}/{folds}: AUC {_fmt(metrics['auc'])}  balanced accuracy "
+                f"{_fmt(metrics['balanced_accuracy'])}  F1 {_fmt(metrics['f1'])}  ({metrics['n']} patches, "
+                f"{seconds / 60:.1f} min)"
+            )
         threshold = threshold_fields(RunDir(run).read_threshold())[0]
         fold_rows = _read_predictions(run / "eval" / "predictions.csv")
         for r in fold_rows:
@@ -81,6 +93,10 @@ def crossval(config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = Fa
         w.writeheader()
         w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
     return result
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _pooled_decisions(pooled: dict[str, Any], y: np.ndarray, d: np.ndarray, groups: list[str] | None) -> None:

@@ -89,6 +89,11 @@ class PatchModule(L.LightningModule):
                 self.log(name, metric.compute(), prog_bar=name == "val_auc")
             metric.reset()
 
+    def on_train_epoch_end(self) -> None:
+        stain = self.classifier.stain
+        if stain is not None and hasattr(stain, "report") and self.trainer.is_global_zero:
+            stain.report("training patches this epoch")  # one line per epoch, not one per batch
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
