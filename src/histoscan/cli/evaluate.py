@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         force=args.force,
         skip_bad=args.skip_bad,
+        echo=print,
     )
     for note in m["notes"]:
         print(f"note: {note}")
@@ -103,4 +104,7 @@ def run(args: argparse.Namespace) -> int:
         f"Brier {fmt('brier')}  ECE {fmt('ece')}"
     )
     print(f"report: {m['out']}/report.html")
+    print(
+        f"next: histoscan predict {args.run} --data NEW_DATA --out predictions.csv  (threshold {m['threshold']:.3g})"
+    )
     return 0

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     opts = slide_options(args, force=args.force)
     predictor = load_predictor(args.onnx or args.run, "onnx" if args.onnx else args.backend, args.device)
-    s = map_slide(predictor, args.slide, args.out, opts, progress=not args.no_progress)
+    s = map_slide(predictor, args.slide, args.out, opts, progress=not args.no_progress, echo=print)
     print(
         f"{Path(args.slide).name}: {s['n_tissue_tiles']} tissue tiles of {s['n_tiles']} "
         f"(level {s['level']}, {s['tile_size_level0']:.0f} px at level 0), {s['n_tumour_tiles']} above "
@@ -132,4 +132,7 @@ def run(args: argparse.Namespace) -> int:
     for note in s["notes"]:
         print(f"note: {note}")
     print(f"wrote {', '.join(OUTPUTS)} to {args.out}")
+    print(
+        f"next: open {Path(args.out) / 'overlay.png'}, or import {Path(args.out) / 'regions.geojson'} into QuPath"
+    )
     return 0

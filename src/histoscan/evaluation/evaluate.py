@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ def evaluate(
     n_boot: int = 1000,
     force: bool = False,
     skip_bad: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on labelled data and write the report.
 
@@ -110,6 +112,7 @@ def evaluate(
         n_boot: bootstrap resamples for the 95 % CIs.
         force: overwrite a non-empty output folder.
         skip_bad: skip unreadable images (counted in the report) instead of stopping.
+        echo: receives one start line (model, data, patches scored, TTA) before inference.
 
     Returns:
         The metrics written to metrics.json (compute_metrics keys plus context: subset, model, data, ...).
@@ -121,9 +124,9 @@ def evaluate(
     card = predictor.card
     out_dir = Path(out).expanduser() if out is not None else default_out_dir(predictor, data)
     with staged_folder(out_dir, force) as tmp:
-        m = _evaluate_into(tmp, predictor, data, tta, batch_size, target_sensitivity, n_boot, skip_bad)
+        m = _evaluate_into(tmp, predictor, data, tta, batch_size, target_sensitivity, n_boot, skip_bad, echo)
     m["out"] = str(out_dir)
-    log.info("evaluation of %s written to %s", card.model, out_dir)
+    log.debug("evaluation of %s written to %s", card.model, out_dir)
     return m
 
 
@@ -136,6 +139,7 @@ def _evaluate_into(
     target_sensitivity: float | None,
     n_boot: int,
     skip_bad: bool,
+    echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     card = predictor.card
     run = RunDir(card.run_dir) if card.run_dir else None
@@ -161,6 +165,11 @@ def _evaluate_into(
         source = f"validation split at target sensitivity {target_sensitivity} ({chosen['method']})"
     elif source.startswith("default"):
         notes.append("The run has no threshold.json: the default threshold 0.5 is used.")
+    if echo is not None:
+        echo(
+            f"evaluate: {card.describe()} on {data}: {len(rows)} patches ({int(y.sum())} tumour; {subset}), "
+            f"TTA {n_views(tta)} view(s)"
+        )
     probs = sigmoid(infer(predictor, store.images, rows, tta, batch_size, desc="evaluate"))
     stain_line = predictor.stain_note("evaluated patches (TTA views counted)")
     if stain_line:

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from histoscan.evaluation.metrics import pr_curve, reliability, roc_curve  # noqa: E402
 
@@ -160,13 +161,16 @@ def curves_figure(curves: dict[str, np.ndarray], mark: tuple[int, str] | None = 
     """Loss, AUC and accuracy per epoch for the train and validation splits; `mark` = (epoch, reason)
     draws the evaluated epoch as a dashed vertical line labelled "evaluated: epoch k" in every panel."""
     epoch = curves.get("epoch", np.arange(len(next(iter(curves.values())))))
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharex=True)  # one epoch axis, even for an empty panel
     for ax, name in zip(axes, ("loss", "auc", "acc"), strict=True):
         for split in ("train", "val"):
             v = curves.get(f"{split}_{name}")
             if v is not None and np.isfinite(v).any():
                 ok = np.isfinite(v)
                 ax.plot(epoch[ok], v[ok], "o-", ms=3, label=split)
+        if not ax.get_lines():
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", color="grey", transform=ax.transAxes)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if mark is not None:
             ax.axvline(mark[0], color="C3", ls="--", lw=1.2, label=f"evaluated: epoch {mark[0]}")
         ax.set(xlabel="epoch", title={"loss": "loss (BCE)", "auc": "AUC", "acc": "accuracy"}[name])

@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def map_slide(
     out: str | Path,
     options: SlideOptions | None = None,
     progress: bool = True,
+    echo: Callable[[str], None] | None = None,
 ) -> dict:
     """Map a whole slide to tumour probabilities and write heatmap, overlay, tiles, regions and summary.
 
@@ -60,7 +62,8 @@ def map_slide(
         slide: any OpenSlide format, or a plain/pyramidal TIFF.
         out: output folder (must be empty unless `options.force`); written in full or not at all.
         options: see :class:`SlideOptions`.
-        progress: show a tqdm bar on stderr.
+        progress: show a tqdm bar on stderr (on a terminal).
+        echo: receives one start line (slide size, µm/px, level, tiles, model) before the tiles are read.
 
     Returns:
         The summary written to summary.json.
@@ -70,7 +73,7 @@ def map_slide(
     reader = open_slide(slide, opts.mpp, opts.reader)
     try:
         with staged_folder(out, opts.force) as tmp:
-            return _map(predictor, reader, slide, tmp, opts, progress)
+            return _map(predictor, reader, slide, tmp, opts, progress, echo)
     finally:
         reader.close()
 
@@ -82,6 +85,7 @@ def _map(
     out: Path,
     opts: SlideOptions,
     progress: bool,
+    echo: Callable[[str], None] | None = None,
 ) -> dict:
     """map_slide's work, writing into `out` (the staged folder)."""
     from tqdm import tqdm
@@ -108,6 +112,13 @@ def _map(
     frac = tile_tissue_fraction(mask, grid, reader.dimensions)
     rc = np.argwhere(frac >= opts.min_tissue)
     xy = grid.origins(rc)
+    if echo is not None:
+        w0, h0 = reader.dimensions
+        echo(
+            f"slide: {Path(slide).name} {w0}x{h0} px at {reader.mpp:g} µm/px ({reader.mpp_source}); level "
+            f"{grid.level} (downsample {grid.downsample:g}), tiles of {grid.tile0:.0f} level-0 px for "
+            f"{card.model} at {float(model_mpp):g} µm/px; {len(rc)} tissue tiles of {grid.rows * grid.cols}"
+        )
     probs = np.empty(len(rc), np.float32)
     with tqdm(
         total=len(rc), unit="tile", file=sys.stderr, disable=None if progress else True, desc=Path(slide).name
