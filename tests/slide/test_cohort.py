@@ -337,3 +337,32 @@ def test_ray_worker_killed_mid_cohort_every_slide_once(
     attempts = sorted(json.loads((out / r["id"] / ".done.json").read_text())["attempts"] for r in rows)
     assert attempts == [1, 1, 1, 2]  # the killed worker's slide was redone once, elsewhere
     assert {p.name for p in out.glob(".*")} <= {".cohort.json", ".lock", ".failed"}
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--input", "missing"], "missing: no such folder or CSV"),
+        (["--csv", "bad"], "bad.csv: line 2: mpp 'x'"),
+        (["--workers", "0"], "--workers 0: must be at least 1"),
+        (["--workers", "2"], "need --engine ray"),
+        (["--read-threads", "0"], "--read-threads 0: must be at least 1"),
+        (["--model", "nope"], "nope: no such run folder"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2_nothing_written(
+    run32: Path, crops: list[Path], tmp_path: Path, capsys, extra: list[str], needle: str
+) -> None:
+    model, source, rest = str(run32), str(crops[0].parent), list(extra)
+    if rest[0] == "--input":
+        source = str(tmp_path / rest[1])
+        rest = []
+    elif rest[0] == "--csv":
+        (tmp_path / "bad.csv").write_text(f"path,mpp\n{crops[0]},x\n")
+        source, rest = str(tmp_path / "bad.csv"), []
+    elif rest[0] == "--model":
+        model, rest = str(tmp_path / rest[1]), []
+    assert main(["slides", model, source, "--out", str(tmp_path / "o"), *rest]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("histoscan slides: error: ") and needle in err, err
+    assert not (tmp_path / "o").exists()
