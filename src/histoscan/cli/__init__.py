@@ -20,6 +20,7 @@ COMMANDS = [
     "download",
     "train",
     "cv",
+    "tune",
     "evaluate",
     "predict",
     "explain",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from histoscan.config import TrainConfig, add_config_options, config_from_options
+from histoscan.errors import HistoscanInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `train` and `cv`."""
-    p.add_argument("--data", required=True, help=TrainConfig.__dataclass_fields__["data"].metadata["help"])
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML of options as in RUN/config.yaml or a tune's best.yaml; options given here override it",
+    )
+    p.add_argument("--data", help=TrainConfig.__dataclass_fields__["data"].metadata["help"] + " (required)")
     p.add_argument(
         "--out",
-        required=True,
         help="run folder to create (built aside, moved into place once training starts)",
     )
     add_config_options(p)
@@ -38,13 +44,18 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig with every option the user gave replacing its default (validated: bad values exit 2)."""
+    """TrainConfig from --config FILE (if given), then every option the user gave (validated: bad values exit 2)."""
     values: dict[str, Any] = dict(vars(args))
     if values.get("stain"):
         from histoscan.stain import load_stain  # lazy: only runs that use stain normalisation
 
         values["stain"] = load_stain(values["stain"])
-    return config_from_options(values)
+    base = TrainConfig.load(Path(args.config)) if getattr(args, "config", None) else None
+    config = config_from_options(values, base)
+    for name in ("data", "out"):
+        if not getattr(config, name):
+            raise HistoscanInputError(f"--{name}: required (on the command line or in --config FILE)")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

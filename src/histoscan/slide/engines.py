@@ -205,11 +205,11 @@ class RayEngine:
     def run(self, items: list[CohortItem], stage: Path, on_result: OnResult) -> None:
         """Map `items` on actors, handing each result to `on_result` (on the driver) as it arrives."""
         ray = self.ray
+        if not items:  # everything done already: no cluster needed
+            return
         started = self._connect(len(items))
         actors: list[Any] = []
         try:
-            if not items:
-                return
             cls = ray.remote(CohortWorker).options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0)
             args = (self.model, self.backend, self.device, self.options, max(1, int(self.cpus)))
             actors = [cls.remote(*args) for _ in range(self.workers)]

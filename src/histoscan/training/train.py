@@ -87,7 +87,8 @@ def train(
     force: bool = False,
     resume: bool = False,
     echo: Echo | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: set[str] | None = None,
+    callbacks: list[L.Callback] | None = None,
 ) -> Path:
     """Train a model as configured; returns the run folder.
 
@@ -101,6 +102,7 @@ def train(
             `overrides`, e.g. patience) replace the saved values.
         echo: where the start line, per-epoch lines (off a terminal) and the end summary go (None: silent).
         overrides: with `resume`, fields to take from `config` instead of the run (default: epochs).
+        callbacks: extra Lightning callbacks (e.g. Optuna's pruning callback).
 
     Raises:
         HistoscanInputError: bad data or options.
@@ -134,7 +136,7 @@ def train(
     if not resume:  # only rank 0 stages; DDP children write nothing of their own
         run = RunDir.stage(config.out, force) if rank == 0 else RunDir(Path(config.out).resolve())
     try:
-        trainer = _fit(run, config, store, split, resume, say)
+        trainer = _fit(run, config, store, split, resume, say, callbacks)
     except BaseException as e:
         if rank == 0 and not resume:
             run.discard()  # a start that failed before the fit: the staging folder goes
@@ -155,7 +157,13 @@ def train(
 
 
 def _fit(
-    run: RunDir, config: TrainConfig, store: PatchStore, split: np.ndarray, resume: bool, say: Echo | None
+    run: RunDir,
+    config: TrainConfig,
+    store: PatchStore,
+    split: np.ndarray,
+    resume: bool,
+    say: Echo | None,
+    callbacks: list[L.Callback] | None = None,
 ) -> L.Trainer:
     """Write the run's files and train; turns Lightning's Ctrl-C exit into :class:`Interrupted`."""
     counts = _data_summary(store, split)
@@ -176,7 +184,7 @@ def _fit(
         config.num_workers,
     )
     module = PatchModule(config.to_dict(), image_size=store.size, mpp=mpp)
-    trainer = build_trainer(config, run, say)
+    trainer = build_trainer(config, run, say, callbacks)
     ckpt_path, resume_epoch = None, None
     if resume:
         ckpt_path = run.last_ckpt
