@@ -9,8 +9,8 @@ a fresh process into a fresh folder, with an untrained simple-cnn at 96 px and 0
 depend on the weights). Wall time is the whole command (imports, model loading, Ray start and stop); "busy" is
 the sum of the per-slide seconds the workers report; overhead = wall - the busiest worker's busy time (start:
 imports, model loading, Ray; stop; idle), and "tiles/s while mapping" = tiles / that busiest worker's time. Peak
-RSS per worker is each worker process's own
-ru_maxrss (recorded in DIR/<id>/.done.json); the driver's is from wait4.
+RSS per worker is each worker process's own ru_maxrss (recorded in DIR/<id>/.done.json); the driver's is from
+wait4.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/histoscan-bench-cohort"), help="cache + outputs")
     ap.add_argument("--tiffs", type=int, default=4, help="synthetic tissue TIFFs in the cohort")
-    ap.add_argument("--size", type=int, default=10240, help="their level-0 side (px, multiple of 512)")
+    ap.add_argument("--size", type=int, default=20480, help="their level-0 side (px, multiple of 512)")
     ap.add_argument("--cases", default="local:1,ray:1,ray:2", help="engine:workers, comma-separated")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `histoscan slides` options")

@@ -140,3 +140,26 @@ def test_ddp_on_two_cpu_processes_matches_one_process(store: PatchStore, tmp_pat
     assert float(rows[0]["val_auc"]) == pytest.approx(roc_auc_score(store.labels[val], p), abs=1e-4)
     assert main(["predict", str(two), "--data", str(store.path), "--out", str(tmp_path / "p.csv")]) == 0
     assert len(_rows(tmp_path / "p.csv")) == len(store)
+
+
+@pytest.mark.parametrize(
+    ("env", "rank"),
+    [
+        ({}, 0),
+        ({"RANK": "3"}, 3),
+        ({"LOCAL_RANK": "1"}, 1),
+        ({"LOCAL_RANK": "1", "NODE_RANK": "1", "LOCAL_WORLD_SIZE": "4"}, 5),
+        ({"SLURM_PROCID": "2", "SLURM_NTASKS": "8"}, 2),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, 0),
+    ],
+)
+def test_process_rank_before_the_trainer_exists(
+    env: dict, rank: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from histoscan.training.trainer import process_rank
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert process_rank() == rank

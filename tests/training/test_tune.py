@@ -71,7 +71,9 @@ def test_bad_trials_are_pruned_through_lightning(store: PatchStore, tmp_path: Pa
     tune(_cfg(store, epochs=3), out, n_trials=2, folds=3, params=["lr"], pruner=always)
     assert [row["state"] for row in _trials(out)] == ["PRUNED", "PRUNED"]
     study = optuna.load_study(study_name="histoscan", storage=f"sqlite:///{out / 'study.db'}")
-    for trial in study.trials:  # reported by the Lightning callback after epoch 0, stopped there (not after 3)
+    for (
+        trial
+    ) in study.trials:  # reported by the Lightning callback after epoch 0, stopped there (not after 3)
         assert list(trial.intermediate_values) == [0] and 0.0 <= trial.intermediate_values[0] <= 1.0
 
 

@@ -24,8 +24,12 @@ def process_rank() -> int:
 
     Known before the Trainer exists, so only rank 0 stages and writes the run folder.
     """
-    if os.environ.get("RANK"):
+    if os.environ.get("RANK"):  # torchrun / TorchElastic
         return int(os.environ["RANK"])
+    if (
+        os.environ.get("SLURM_PROCID") and int(os.environ.get("SLURM_NTASKS") or 1) > 1
+    ):  # srun, one task a device
+        return int(os.environ["SLURM_PROCID"])
     local, node = int(os.environ.get("LOCAL_RANK") or 0), int(os.environ.get("NODE_RANK") or 0)
     return local + node * int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if (local or node) else 0
 

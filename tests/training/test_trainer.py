@@ -1,0 +1,41 @@
+"""Trainer assembly: fine-tuning that recognises parameters by identity, patience kept on resume, placement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import BackboneFinetuning
+
+from histoscan.config import TrainConfig
+from histoscan.errors import HistoscanInputError
+from histoscan.training.trainer import EarlyStop, Finetuning, early_stopping_wait, placement, precision
+
+
+def test_finetuning_adds_trunk_parameters_whose_values_equal_head_ones() -> None:
+    head_bn, trunk_bn = torch.nn.Parameter(torch.ones(8)), torch.nn.Parameter(torch.ones(8))
+    opt = torch.optim.AdamW([head_bn], lr=1e-3)
+    # Lightning compares values: the trunk's BatchNorm weight (all ones) is taken for the head's and skipped
+    with pytest.warns(UserWarning, match="HINT"):
+        assert BackboneFinetuning.filter_on_optimizer(opt, [trunk_bn]) == []
+    assert Finetuning.filter_on_optimizer(opt, [trunk_bn, head_bn]) == [trunk_bn]  # by identity: added, once
+
+
+def test_early_stopping_keeps_the_configured_patience_on_resume() -> None:
+    es = EarlyStop("val_auc", patience=10, mode="max")
+    es.load_state_dict({"wait_count": 4, "stopped_epoch": 0, "best_score": torch.tensor(0.9), "patience": 5})
+    assert es.patience == 10 and es.wait_count == 4
+    assert early_stopping_wait({"callbacks": {"EarlyStop{'monitor': 'val_auc'}": {"wait_count": 4}}}) == 4
+    assert early_stopping_wait({}) == 0
+
+
+def test_placement_and_precision_on_this_machine() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only expectations")
+    assert placement(TrainConfig()) == ("cpu", 1)
+    assert placement(TrainConfig(accelerator="cpu", devices=2)) == ("cpu", 2)
+    assert (
+        precision(TrainConfig(), "cpu") == "32-true"
+        and precision(TrainConfig(precision="32"), "cpu") == "32-true"
+    )
+    with pytest.raises(HistoscanInputError, match="--accelerator gpu: no CUDA GPU"):
+        placement(TrainConfig(accelerator="gpu"))
