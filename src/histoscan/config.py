@@ -97,6 +97,27 @@ class TrainConfig:
     augment: list[str] = _opt(
         help=f"comma list of {','.join(AUGMENT_OPS)} or 'none'", factory=lambda: ["d4"], metavar="OPS"
     )
+    schedule: Literal["plateau", "cosine", "onecycle"] = _opt(
+        "plateau", "learning-rate schedule: halve on a validation plateau, cosine decay, or one-cycle",
+        choices=("plateau", "cosine", "onecycle"),
+    )  # fmt: skip
+    warmup_epochs: float = _opt(
+        0.0,
+        "linear warm-up of the learning rate, in epochs (cosine and onecycle)",
+        type=float,
+        low=0,
+        high=1000,
+    )
+    label_smoothing: float = _opt(
+        0.0, "label smoothing: targets eps/2 and 1-eps/2", type=float, low=0, high=0.5, high_open=True
+    )
+    mixup: float = _opt(0.0, "mixup Beta(a, a) parameter a (0: off)", type=float, low=0, high=10)
+    cutmix: float = _opt(0.0, "cutmix Beta(a, a) parameter a (0: off; with mixup, one of the two per batch)",
+                         type=float, low=0, high=10)  # fmt: skip
+    ema: float = _opt(
+        0.0, "exponential moving average of the weights, decay per step (0: off; e.g. 0.999)",
+        type=float, low=0, high=1, high_open=True,
+    )  # fmt: skip
     freeze_epochs: int = _opt(
         0, "epochs with the trunk frozen before fine-tuning (resnet50-head)", type=int, low=0, high=100_000
     )
@@ -147,6 +168,10 @@ class TrainConfig:
         if bad:
             raise HistoscanInputError(
                 f"--augment {','.join(self.augment)}: unknown op {bad[0]} (choose from {', '.join(AUGMENT_OPS)})"
+            )
+        if self.warmup_epochs and self.schedule == "plateau":
+            raise HistoscanInputError(
+                f"--warmup-epochs {self.warmup_epochs}: needs --schedule cosine or onecycle"
             )
         if self.stain is not None and not isinstance(self.stain, dict):
             raise HistoscanInputError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import random
 import time
 from pathlib import Path
@@ -55,8 +56,12 @@ class PatchModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self.classifier.head(self.augment(self.classifier.prepare(x)))
-        loss = self.loss(logits.float(), y)
+        images, targets = mix_batch(
+            self.augment(self.classifier.prepare(x)), y, self.cfg.mixup, self.cfg.cutmix
+        )
+        eps = self.cfg.label_smoothing
+        logits = self.classifier.head(images)
+        loss = self.loss(logits.float(), targets * (1 - eps) + eps / 2)
         probs = torch.sigmoid(logits.detach().float())
         self.train_auc.update(probs, y.long())
         self.train_acc.update(probs, y.long())
@@ -98,9 +103,60 @@ class PatchModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        mode = "max" if self.cfg.monitor == "val_auc" else "min"
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=2)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.cfg.monitor}}
+        if self.cfg.schedule == "plateau":
+            mode = "max" if self.cfg.monitor == "val_auc" else "min"
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=2)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.cfg.monitor}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = min(total - 1, int(round(self.cfg.warmup_epochs * per_epoch)))
+        if self.cfg.schedule == "onecycle":
+            pct = warmup / total if warmup else 0.3
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=self.cfg.lr, total_steps=total, pct_start=pct
+            )
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_factor(step, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def cosine_factor(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (blend two patches) or cutmix (paste a box of one into another) with Beta(a, a) weights.
+
+    One of the two per batch when both are on; soft targets weighted by the mixed share. Random numbers come
+    from torch's global CPU generator (reseeded per batch by EpochSeeding, so --resume stays exact).
+    """
+    if not (mixup or cutmix) or len(x) < 2:
+        return x, y
+    use_cut = bool(cutmix) and (not mixup or torch.rand(()) < 0.5)
+    a = cutmix if use_cut else mixup
+    lam = float(torch.distributions.Beta(a, a).sample())
+    perm = torch.randperm(len(x)).to(x.device)
+    if not use_cut:
+        return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+    h, w = x.shape[-2:]
+    ch, cw = int(round(h * math.sqrt(1 - lam))), int(round(w * math.sqrt(1 - lam)))
+    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+    y0, y1, x0, x1 = (
+        max(cy - ch // 2, 0),
+        min(cy + ch - ch // 2, h),
+        max(cx - cw // 2, 0),
+        min(cx + cw - cw // 2, w),
+    )
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    share = (y1 - y0) * (x1 - x0) / (h * w)  # the pasted share, after clipping at the border
+    return out, (1 - share) * y + share * y[perm]
 
 
 class EpochSeeding(L.Callback):

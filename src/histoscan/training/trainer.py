@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BackboneFinetuning, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import BackboneFinetuning, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from torch import nn
 
 from histoscan.config import TrainConfig
@@ -137,6 +137,10 @@ def build_trainer(
                 verbose=False,
             )
         )
+    if config.ema:
+        cbs.append(
+            EMAWeightAveraging(decay=config.ema)
+        )  # validation and checkpoints use the averaged weights
     bar = echo is not None and is_terminal()
     if bar:
         cbs.append(EpochBar())
