@@ -7,6 +7,7 @@ import torch
 
 from histoscan.errors import HistoscanInputError
 from histoscan.models import REGISTRY, create_model, target_layer_name
+from histoscan.models.p4m import GroupConv, LiftingConv
 
 
 @pytest.mark.parametrize("name", ["simple-cnn", "resnet18", "resnet50-head"])
@@ -93,6 +94,6 @@ def test_target_layer_is_the_last_spatial_stage(name):
     with torch.no_grad():
         model(torch.rand(1, 3, 50, 50))
     assert len(seen["shape"]) == 4 and min(seen["shape"][-2:]) >= 2
-    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, LiftingConv, GroupConv))]
     # the last convolution is inside the target layer or before it: nothing convolutional comes later
     assert convs[-1].startswith(layer_name + ".") or names.index(convs[-1]) < names.index(layer_name)

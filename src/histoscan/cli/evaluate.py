@@ -88,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         echo=print,
     )
+    for line in m["warnings"]:
+        print(f"warning: {line}")
     for note in m["notes"]:
-        print(f"note: {note}")
+        if not note.startswith("Warning: "):  # the warnings, just printed as such
+            print(f"note: {note}")
     fmt = lambda k: "n/a" if m[k] is None else f"{m[k]:.3f}"  # noqa: E731
     print(
         f"{m['n']} patches ({m['n_positive']} tumour, subset: {m['subset']}), {m['model']} via {m['backend']}, "

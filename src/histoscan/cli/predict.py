@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         listed = ", ".join(f"{k['source']} ({k['reason']})" for k in s["skipped"][:5])
         more = f" and {s['n_skipped'] - 5} more" if s["n_skipped"] > 5 else ""
         print(f"skipped {s['n_skipped']} unreadable image(s): {listed}{more}")
+    for line in s["warnings"]:
+        print(f"warning: {line}")
     print(
         f"{s['n']} patches -> {s['out']} ({s['format']}); {s['n_positive']} at or above threshold "
         f"{s['threshold']:.3g}; mean probability {s['mean_probability']:.3f}"

@@ -14,6 +14,7 @@ from histoscan.data.store import PatchStore, require_labelled
 from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.metrics import choose_run_threshold, compute_metrics
 from histoscan.evaluation.report import write_figures, write_report
+from histoscan.inference.domain import domain_warnings
 from histoscan.inference.predict import skipped_files, store_for_model
 from histoscan.inference.predictor import BackendName, Predictor, load_predictor
 from histoscan.inference.tta import infer, n_views
@@ -115,7 +116,9 @@ def evaluate(
         echo: receives one start line (model, data, patches scored, TTA) before inference.
 
     Returns:
-        The metrics written to metrics.json (compute_metrics keys plus context: subset, model, data, ...).
+        The metrics written to metrics.json (compute_metrics keys plus context: subset, model, data, ...,
+        `warnings`: one line each when the data's µm/px or colour lies far from the training data's, also
+        in `notes` and the report; `colour_distance`).
     """
     n_views(tta)
     if n_boot < 0:
@@ -187,9 +190,8 @@ def _evaluate_into(
     n_skipped, skipped = skipped_files(store)
     if n_skipped:
         notes.append(f"{n_skipped} unreadable images were skipped (--skip-bad), e.g. {skipped[0]['source']}.")
-    data_mpp, model_mpp = store.meta.get("mpp"), card.mpp
-    if data_mpp and model_mpp and abs(np.log(float(data_mpp) / float(model_mpp))) > np.log(1.25):
-        notes.append(f"Resolution differs: data {data_mpp} µm/px, model trained at {model_mpp} µm/px.")
+    warnings, colour_distance = domain_warnings(predictor, store.meta.get("mpp"), store.images, rows)
+    notes += [f"Warning: {w}" for w in warnings]
     m.update(
         subset=subset,
         data=str(data),
@@ -203,6 +205,8 @@ def _evaluate_into(
         n_groups=len(set(groups)) if grouped else 0,
         n_skipped=n_skipped,
         notes=notes,
+        warnings=warnings,
+        colour_distance=colour_distance,
     )
     _write_predictions(out_dir / "predictions.csv", ids, groups, y, probs)
     atomic_write_json(out_dir / "metrics.json", m)

@@ -12,6 +12,7 @@ import numpy as np
 from histoscan.data.store import PatchStore, is_store, resolve_store
 from histoscan.errors import HistoscanInputError
 from histoscan.inference.card import ModelCard
+from histoscan.inference.domain import domain_warnings
 from histoscan.inference.predictor import BackendName, load_predictor
 from histoscan.inference.tta import infer, n_views
 from histoscan.utils.fs import atomic_path, guard_output
@@ -115,7 +116,8 @@ def predict(
 
     Returns:
         Summary: n, out, format, threshold, threshold_source, n_positive (at the threshold), mean_probability,
-        tta, backend, model, n_skipped, skipped.
+        tta, backend, model, n_skipped, skipped, warnings (one line each: the data's µm/px or colour far from
+        the training data's, see :mod:`histoscan.inference.domain`), colour_distance.
     """
     if fmt not in ("csv", "kaggle"):
         raise HistoscanInputError(f"--format {fmt}: choose csv or kaggle")
@@ -124,6 +126,7 @@ def predict(
     predictor = load_predictor(model, backend)
     card = predictor.card
     store = store_for_model(data, card, "unlabelled", skip_bad)
+    warnings, colour_distance = domain_warnings(predictor, store.meta.get("mpp"), store.images)
     probs = sigmoid(infer(predictor, store.images, tta=tta, batch_size=batch_size))
     predictor.stain_note("predicted patches (TTA views counted)")  # one warning line, not one per batch
     order = _submission_order(Path(data)) if fmt == "kaggle" else None
@@ -142,4 +145,6 @@ def predict(
         "model": card.model,
         "n_skipped": n_skipped,
         "skipped": skipped,
+        "warnings": warnings,
+        "colour_distance": colour_distance,
     }

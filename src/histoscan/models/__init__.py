@@ -16,7 +16,8 @@ from torch import nn
 
 from histoscan.errors import HistoscanInputError
 from histoscan.models.heads import TrunkWithHead, resnet50_head
-from histoscan.models.resnet import ResNet, resnet18, resnet34, resnet50
+from histoscan.models.p4m import P4MCNN
+from histoscan.models.resnet import ResNet, resnet10_small, resnet18, resnet18_small, resnet34, resnet50
 from histoscan.models.simple_cnn import SimpleCNN
 
 
@@ -43,6 +44,9 @@ register(ModelSpec("resnet50-head", lambda d: resnet50_head(dropout=d), "backbon
 register(ModelSpec("resnet18", lambda d: resnet18(), "layer4"))
 register(ModelSpec("resnet34", lambda d: resnet34(), "layer4"))
 register(ModelSpec("resnet50", lambda d: resnet50(), "layer4"))
+register(ModelSpec("resnet18-small", lambda d: resnet18_small(), "layer4"))
+register(ModelSpec("resnet10-small", lambda d: resnet10_small(), "layer4"))
+register(ModelSpec("p4m-cnn", lambda d: P4MCNN(dropout=d), "features.4.2"))  # rotation/flip-invariant
 
 
 def available_models() -> list[str]:

@@ -56,21 +56,36 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """torchvision-compatible ResNet; `fc` maps the pooled features to `num_outputs` logits."""
+    """torchvision-compatible ResNet; `fc` maps the pooled features to `num_outputs` logits.
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_outputs: int = 1):
+    `small_input`: a 3x3 stride-1 stem without max-pooling instead of the 7x7 stride-2 stem + pool, so 50-96 px
+    patches are not downsampled 4x before the first residual stage (as CIFAR ResNets do); `width` is the first
+    stage's channel count (64 in torchvision's layout), doubled at each later stage.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        num_outputs: int = 1,
+        small_input: bool = False,
+        width: int = 64,
+    ):
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.inplanes = width
+        if small_input:
+            self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], 2)
-        self.layer3 = self._make_layer(block, 256, layers[2], 2)
-        self.layer4 = self._make_layer(block, 512, layers[3], 2)
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], 2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], 2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = 512 * block.expansion
+        self.num_features = 8 * width * block.expansion
         self.fc = nn.Linear(self.num_features, num_outputs)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -114,3 +129,13 @@ def resnet34(num_outputs: int = 1) -> ResNet:
 def resnet50(num_outputs: int = 1) -> ResNet:
     """ResNet-50."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_outputs)
+
+
+def resnet18_small(num_outputs: int = 1) -> ResNet:
+    """ResNet-18 with the small-input stem (3x3 stride 1, no max-pool): full resolution into layer1."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_outputs, small_input=True)
+
+
+def resnet10_small(num_outputs: int = 1) -> ResNet:
+    """A narrow ResNet-10 (one basic block per stage, 32..256 channels) with the small-input stem: CPU-sized."""
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_outputs, small_input=True, width=32)

@@ -237,7 +237,12 @@ class RayEngine:
                 logging_level=logging.WARNING,
             )
         elif started:
-            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+            try:
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise HistoscanInputError(
+                    f"--ray-address {self.address}: cannot join ({one_line(e)})"
+                ) from None
         total = ray.cluster_resources()
         n = self.want or max(1, int(total.get("CPU", 1) // max(self.cpus, 1e-9)))
         self.workers = max(1, min(n, n_items))

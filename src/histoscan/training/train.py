@@ -240,6 +240,10 @@ def _interrupted_message(run: RunDir, config: TrainConfig, resume: bool) -> str:
 
 
 def _data_summary(store: PatchStore, split: np.ndarray) -> dict[str, Any]:
+    """data.json: the training store, its split counts and the colour statistics of (a sample of up to 2,000)
+    train-split patches, which predict/evaluate/slide compare their input against."""
+    from histoscan.inference.domain import colour_stats
+
     counts = {
         name: {
             "n": int((split == name).sum()),
@@ -255,6 +259,7 @@ def _data_summary(store: PatchStore, split: np.ndarray) -> dict[str, Any]:
         "image_size": store.size,
         "mpp": store.meta.get("mpp"),
         "splits": counts,
+        "colour": colour_stats(store.images, np.flatnonzero(split == "train")),
     }
 
 
