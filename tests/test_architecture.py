@@ -55,3 +55,17 @@ def test_wrong_way_import_breaks_the_contract(tmp_path: Path) -> None:
     assert r.returncode != 0, f"lint-imports passed on a wrong-way import:\n{r.stdout}\n{r.stderr}"
     assert "BROKEN" in r.stdout, r.stdout
     assert "histoscan.errors -> histoscan.cli" in r.stdout, r.stdout
+
+
+def test_no_import_cycle_anywhere_in_the_package() -> None:
+    """No module reaches itself through imports, lazy (function-level) ones included: no hidden circle."""
+    import grimp
+
+    graph = grimp.build_graph("histoscan", include_external_packages=False)
+    cycles = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back:
+                cycles.append(" -> ".join([importer, *back]))
+    assert not cycles, "import cycles:\n" + "\n".join(cycles[:10])

@@ -37,15 +37,24 @@ def _is_training_data(store: PatchStore, run: RunDir | None) -> bool:
     return same_sum or same_dir
 
 
-def rows_to_evaluate(store: PatchStore, run: RunDir | None) -> tuple[np.ndarray, str]:
-    """All rows, or only the run's held-out test rows when `store` is the run's own training data."""
-    if run is None or not _is_training_data(store, run):
+def rows_to_evaluate(store: PatchStore, runs: RunDir | list[RunDir] | None) -> tuple[np.ndarray, str]:
+    """All rows, or only the held-out test rows when `store` is the training data of the model's run(s).
+
+    For an ensemble the rows must be held out by every member: the folds of a cross-validation share none, so
+    evaluating a CV ensemble on its own data is refused.
+    """
+    runs = [runs] if isinstance(runs, RunDir) else list(runs or [])
+    seen = [r for r in runs if _is_training_data(store, r)]
+    if not seen:
         return np.arange(len(store)), "all"
-    split = run.read_split()
-    rows = np.array([i for i, pid in enumerate(store.ids) if split.get(pid) == "test"], dtype=np.int64)
+    splits = [r.read_split() for r in seen]
+    rows = np.array(
+        [i for i, pid in enumerate(store.ids) if all(s.get(pid) == "test" for s in splits)], dtype=np.int64
+    )
     if len(rows) == 0:
+        where = seen[0].split_path if len(seen) == 1 else f"the {len(seen)} members' split.csv files"
         raise HistoscanInputError(
-            f"--data {store.path}: is the run's training data and {run.split_path} has no test rows; "
+            f"--data {store.path}: is the model's training data and {where} hold out no common test rows; "
             "scores on it would be optimistic — evaluate on other data"
         )
     return rows, TEST_SUBSET
@@ -148,7 +157,7 @@ def _evaluate_into(
     run = RunDir(card.run_dir) if card.run_dir else None
     store = store_for_model(data, card, "labelled", skip_bad)
     require_labelled(store, both_classes=False)
-    rows, subset = rows_to_evaluate(store, run)
+    rows, subset = rows_to_evaluate(store, predictor.training_runs())
     y = store.labels[rows].astype(np.int64)
     if len(np.unique(y)) < 2:
         only = "tumour" if y.size and y[0] == 1 else "normal"

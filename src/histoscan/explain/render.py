@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -25,8 +27,27 @@ def _heat_rgb(cam: np.ndarray) -> np.ndarray:
     return (colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
 
 
+def _wrap(text: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list[str]:
+    """`text` broken at spaces into lines of at most `width` pixels."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines, cur = [], ""
+    for word in text.split(" "):
+        cand = f"{cur} {word}" if cur else word
+        if cur and draw.textlength(cand, font=font) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = cand
+    return [*lines, cur]
+
+
 def render_overlay(
-    image: np.ndarray, cam: np.ndarray, probability: float, threshold: float, title: str
+    image: np.ndarray,
+    cam: np.ndarray,
+    probability: float,
+    threshold: float,
+    title: str,
+    notes: Sequence[str] = (),
 ) -> Image.Image:
     """Side-by-side figure: the patch and its Grad-CAM overlay, upscaled, with prediction and colour bar.
 
@@ -36,6 +57,8 @@ def render_overlay(
         probability: tumour probability.
         threshold: decision threshold of the run.
         title: first caption line (usually the image id).
+        notes: further caption lines, wrapped to the figure's width (e.g. how the input was fitted to the
+            model's size, domain warnings); a line starting "warning:" is red.
 
     Returns:
         An RGB PIL image.
@@ -45,17 +68,26 @@ def render_overlay(
 
     pad, font, small = 8, _font(14), _font(11)
     label = LABELS[int(probability >= threshold)]
-    lines = [title, f"P(tumour) = {probability:.3f}   predicted: {label} (threshold {threshold:.2f})"]
-    text_h = 2 * 18
+    lines = [
+        (title, "black"),
+        (f"P(tumour) = {probability:.3f}   predicted: {label} (threshold {threshold:.2f})", "black"),
+    ]
+    width = 2 * size[0] + 3 * pad
+    for note in notes:
+        colour = (180, 0, 0) if note.startswith("warning:") else (60, 60, 60)
+        lines += [(part, colour) for part in _wrap(note, width - 2 * pad, small)]
+    text_h = 2 * 18 + 15 * (len(lines) - 2)  # title and prediction, then the smaller note lines
     bar_h = 10
-    canvas = Image.new("RGB", (2 * size[0] + 3 * pad, text_h + size[1] + bar_h + 22 + 3 * pad), "white")
+    canvas = Image.new("RGB", (width, text_h + size[1] + bar_h + 22 + 3 * pad), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((pad, pad + i * 18), line, fill="black", font=font)
+    y = pad
+    for i, (line, colour) in enumerate(lines):
+        draw.text((pad, y), line, fill=colour, font=font if i < 2 else small)
+        y += 18 if i < 2 else 15
     top = 2 * pad + text_h
     canvas.paste(patch, (pad, top))
     canvas.paste(overlay, (2 * pad + size[0], top))
-    draw.text((pad, top + size[1] + 2), "patch", fill="black", font=small)
+    draw.text((pad, top + size[1] + 2), "patch as the model saw it", fill="black", font=small)
     # colour bar under the overlay: what the heat colours mean
     bar_top = top + size[1] + pad + 6
     ramp = _heat_rgb(np.linspace(0.0, 1.0, size[0])[None, :].repeat(bar_h, 0))

@@ -221,6 +221,7 @@ def domain_warnings(
     rows: np.ndarray | None = None,
     colours: np.ndarray | None = None,
     what: str = "patches",
+    model_mpp: float | None = None,
 ) -> tuple[list[str], float | None]:
     """Resolution and colour checks of the data against the model's training data.
 
@@ -231,13 +232,14 @@ def domain_warnings(
         rows: the rows of `images` the data consists of (default: all).
         colours: precomputed :func:`patch_colours` rows instead of `images` (e.g. sampled slide tiles).
         what: how the data is named in the messages ("patches", "tiles").
+        model_mpp: the training µm/px when the card records none (e.g. slide's --model-mpp).
 
     Returns:
         (warning lines, colour distance or None when there is nothing to compare), the colour check left out
         when the model has no training colour statistics.
     """
     card = predictor.card
-    lines = [check_resolution(data_mpp, card.mpp, what)]
+    lines = [check_resolution(data_mpp, card.mpp or model_mpp, what)]
     stats = training_colour_stats(predictor)
     distance = None
     if stats is not None:

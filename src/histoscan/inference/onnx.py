@@ -11,8 +11,8 @@ import numpy as np
 
 from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
+from histoscan.inference.base import Predictor
 from histoscan.inference.card import ModelCard
-from histoscan.inference.predictor import Predictor
 from histoscan.run import RunDir
 
 INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probabilities")

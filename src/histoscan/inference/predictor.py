@@ -17,49 +17,22 @@ import torch
 
 from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
+from histoscan.inference.base import Predictor
 from histoscan.inference.card import ModelCard, threshold_fields
+from histoscan.inference.ensemble import EnsemblePredictor, member_runs
 from histoscan.models.classifier import NORMALISATION, PatchClassifier, build_classifier
 from histoscan.run import RunDir
 from histoscan.utils.device import torch_device
-from histoscan.utils.numeric import sigmoid
 
 BackendName = Literal["auto", "torch", "onnx"]
-
-
-class Predictor:
-    """uint8 N x S x S x 3 RGB (numpy, or a torch tensor for the torch backend) -> float32 logits (N,).
-
-    Subclasses implement :meth:`__call__` for one batch; :meth:`predict_logits` batches any number of images.
-    """
-
-    card: ModelCard
-    device: str = "cpu"
-    can_explain: bool = False
-
-    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        raise NotImplementedError
-
-    def predict_logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits for uint8 N x S x S x 3 images, `batch_size` at a time."""
-        out = [np.asarray(self(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
-
-    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Tumour probabilities (sigmoid of the logits)."""
-        return sigmoid(self.predict_logits(images, batch_size))
-
-    def stain_note(self, what: str = "patches") -> str | None:
-        """One line on the patches the stain normaliser passed through since the last call (None: none)."""
-        return None
-
-    def check_images(self, images: np.ndarray | torch.Tensor) -> None:
-        """Raise naming the expected shape unless `images` is uint8 N x S x S x 3 at the card's size."""
-        s = self.card.image_size
-        dtype_ok = images.dtype in (np.uint8, torch.uint8)
-        if not dtype_ok or images.ndim != 4 or tuple(images.shape[1:]) != (s, s, 3):
-            raise HistoscanInputError(
-                f"images: {self.card.model} expects uint8 N x {s} x {s} x 3, got {images.dtype} {tuple(images.shape)}"
-            )
+__all__ = [
+    "BackendName",
+    "Predictor",
+    "TorchPredictor",
+    "load_checkpoint",
+    "load_predictor",
+    "load_torch_predictor",
+]
 
 
 class TorchPredictor(Predictor):
@@ -147,10 +120,11 @@ def load_torch_predictor(path: str | Path, device: str | None = "auto") -> Torch
 def load_predictor(
     path: str | Path, backend: BackendName = "auto", device: str | None = "auto", threads: int | None = None
 ) -> Predictor:
-    """A Predictor for MODEL: a run folder, a checkpoint, or a .onnx export.
+    """A Predictor for MODEL: a run folder, a checkpoint, a .onnx export, or a `histoscan cv` folder (ensemble).
 
     Args:
-        path: run folder (torch; with backend "onnx" its model.onnx), checkpoint file (torch) or .onnx (onnx).
+        path: run folder (torch; with backend "onnx" its model.onnx), checkpoint file (torch), .onnx (onnx), or a
+            cross-validation folder whose fold-*/ runs are averaged as one model.
         backend: "auto" picks from `path`; "torch" or "onnx" force one.
         device: torch device ("auto": CUDA when available).
         threads: ONNX Runtime intra-op threads (default: the cores).
@@ -160,6 +134,10 @@ def load_predictor(
         raise HistoscanInputError(f"--backend {backend}: choose torch or onnx")
     if not p.exists():
         raise HistoscanInputError(f"{p}: no such run folder, checkpoint or .onnx file")
+
+    runs = member_runs(p)
+    if runs:
+        return EnsemblePredictor([load_predictor(r, backend, device, threads) for r in runs], p)
     is_onnx_file = p.is_file() and p.suffix.lower() == ".onnx"
     if backend == "torch" and is_onnx_file:
         raise HistoscanInputError(f"{p}: an ONNX export runs on ONNX Runtime; drop --backend torch")

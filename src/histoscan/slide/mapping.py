@@ -13,11 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from histoscan.errors import HistoscanInputError
+from histoscan.inference.domain import domain_warnings, patch_colours, sample_rows
 from histoscan.inference.predictor import Predictor
 from histoscan.slide.io import SlideReader, open_slide, tumour_regions
+from histoscan.slide.render import write_heatmap, write_overlay
 from histoscan.slide.tiles import (
     OUTPUTS,
     SlideOptions,
@@ -120,20 +121,36 @@ def _map(
             f"{card.model} at {float(model_mpp):g} µm/px; {len(rc)} tissue tiles of {grid.rows * grid.cols}"
         )
     probs = np.empty(len(rc), np.float32)
+    sampled, colours = sample_rows(len(rc)), []  # colour summaries of up to 2,000 tiles for the domain check
     with tqdm(
         total=len(rc), unit="tile", file=sys.stderr, disable=None if progress else True, desc=Path(slide).name
     ) as bar:
         for start, batch in stream_tiles(reader, grid, xy, opts.batch_size, opts.workers, opts.prefetch):
             probs[start : start + len(batch)] = predictor.predict_proba(batch, opts.batch_size)
+            pick = sampled[(sampled >= start) & (sampled < start + len(batch))] - start
+            colours.append(patch_colours(batch, pick))
             bar.update(len(batch))
     stain_line = predictor.stain_note("tissue tiles")
     t_regions = time.perf_counter()
     heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
     heat[rc[:, 0], rc[:, 1]] = probs
     threshold = float(card.threshold if opts.threshold is None else opts.threshold)
+    threshold_source = card.threshold_source if opts.threshold is None else "--threshold"
     regions = tumour_regions(heat, threshold, grid.stride0, grid.cell_offset, reader.mpp)
-    explained = (
-        _explain(predictor, reader, grid, xy, probs, threshold, opts.explain, out) if opts.explain else []
+    level_mpp = reader.mpp * grid.downsample
+    # the tiles hold the detail of the level read, or of the model's µm/px when that is coarser (resampled)
+    tile_mpp = max(level_mpp, float(model_mpp))
+    warnings, colour_distance = domain_warnings(
+        predictor,
+        tile_mpp,
+        colours=np.concatenate(colours) if colours else None,
+        what="tiles",
+        model_mpp=model_mpp,
+    )
+    explained, explain_note = (
+        _explain(predictor, reader, grid, xy, probs, threshold, opts.explain, out)
+        if opts.explain
+        else ([], None)
     )
     w0, h0 = reader.dimensions
     cell_mm2 = (grid.stride0 * reader.mpp / 1000.0) ** 2
@@ -150,12 +167,15 @@ def _map(
         "dimensions": [w0, h0],
         "level": grid.level,
         "level_downsample": grid.downsample,
+        "level_mpp": level_mpp,
+        "tile_mpp": tile_mpp,
         "tile_size_px": grid.image_size,
         "tile_size_level0": grid.tile0,
         "stride_level0": grid.stride0,
         "read_size": grid.read_size,
         "grid": [grid.rows, grid.cols],
         "threshold": threshold,
+        "threshold_source": threshold_source,
         "min_tissue": opts.min_tissue,
         "n_tiles": grid.rows * grid.cols,
         "n_tissue_tiles": len(rc),
@@ -170,14 +190,23 @@ def _map(
         "max_probability": float(probs.max()) if len(probs) else None,
         "explained": [str(p.relative_to(out)) for p in explained],
         "notes": list(reader.notes) + ([stain_line] if stain_line else []),
+        "warnings": warnings,
+        "colour_distance": colour_distance,
         "options": asdict(opts),
     }
     if not len(rc):
         summary["notes"].append("no tissue found: no tile reached --min-tissue; outputs are empty")
-    if grid.tile0 < grid.image_size:
+    if grid.tile0 < grid.image_size and not any(w.startswith("resolution") for w in warnings):
         summary["notes"].append("the model's µm/px is finer than the slide's: tiles are upsampled")
+    if explain_note:
+        summary["notes"].append(explain_note)
     t_write = time.perf_counter()
-    _write_maps(out, heat, thumb, reader.dimensions, grid, regions, Path(slide).name)
+    caption = caption_lines(Path(slide).name, summary)
+    write_heatmap(out / "heatmap.png", heat, threshold, caption)
+    bar = write_overlay(out / "overlay.png", heat, thumb, reader.dimensions, grid, regions, threshold,
+                        reader.mpp, caption)  # fmt: skip
+    summary["scale_bar"] = {"um": bar.um, "px": bar.px, "overlay_um_per_px": bar.um_per_px}
+    summary["caption"] = caption
     _write_tiles(out / "tiles.csv", rc, xy, probs, frac)
     (out / "regions.geojson").write_text(json.dumps(regions))
     np.save(out / "heatmap.npy", heat)
@@ -205,18 +234,31 @@ def _explain(
     threshold: float,
     k: int,
     out: Path,
-) -> list[Path]:
-    """Grad-CAM of the k most probable tumour tiles into out/explain/."""
+) -> tuple[list[Path], str | None]:
+    """Grad-CAM of the k most probable tumour tiles into out/explain/; when no tile reached the threshold, of
+    the k most probable tiles anyway, their ids ending `_below-threshold` (and a note saying so)."""
     try:
         from histoscan.explain.gradcam import explain_images  # lazy: only with --explain
     except ImportError as e:
         raise HistoscanInputError(f"--explain: histoscan.explain.gradcam is not available ({e})") from None
-    order = [i for i in np.argsort(-probs, kind="stable")[:k] if probs[i] >= threshold]
+    top = np.argsort(-probs, kind="stable")[:k]
+    order = [i for i in top if probs[i] >= threshold]
+    if order or not len(top):
+        ids = [f"tile_x{xy[i][0]}_y{xy[i][1]}" for i in order]
+        notes, note = None, None
+    else:
+        order = list(top)
+        ids = [f"tile_x{xy[i][0]}_y{xy[i][1]}_below-threshold" for i in order]
+        note = (
+            f"no tile reached the threshold {threshold:.3g}; explained the {len(order)} most probable tiles "
+            "(below threshold)"
+        )
+        notes = [[f"below the threshold {threshold:.3g}: no tile reached it; one of the most probable tiles"]]
+        notes *= len(order)
     if not order:
-        return []
+        return [], None
     images = np.stack([read_tile(reader, grid, *xy[i]) for i in order])
-    ids = [f"tile_x{xy[i][0]}_y{xy[i][1]}" for i in order]
-    return list(explain_images(predictor, images, ids, out / "explain"))
+    return list(explain_images(predictor, images, ids, out / "explain", notes=notes)), note
 
 
 def _write_tiles(path: Path, rc: np.ndarray, xy: np.ndarray, probs: np.ndarray, frac: np.ndarray) -> None:
@@ -227,55 +269,13 @@ def _write_tiles(path: Path, rc: np.ndarray, xy: np.ndarray, probs: np.ndarray, 
             w.writerow([int(x), int(y), f"{p:.6f}", int(r), int(c), f"{frac[r, c]:.3f}"])
 
 
-def _write_maps(
-    out: Path,
-    heat: np.ndarray,
-    thumb: np.ndarray,
-    dims: tuple[int, int],
-    grid: TileGrid,
-    regions: dict,
-    title: str,
-) -> None:
-    """heatmap.png (one block per tile, transparent where no tissue) and overlay.png (over the thumbnail)."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: no global state, and a second faster to import
-
-    cmap = matplotlib.colormaps["RdYlBu_r"]
-    rgba = (cmap(np.nan_to_num(heat, nan=0.0)) * 255).astype(np.uint8)
-    rgba[np.isnan(heat)] = 0
-    scale = max(1, 1024 // max(heat.shape))
-    Image.fromarray(np.kron(rgba, np.ones((scale, scale, 1), np.uint8))).save(out / "heatmap.png")
-
-    # compose at thumbnail resolution in numpy (one image for matplotlib to draw, no resampling)
-    th, tw = thumb.shape[:2]
-    sx, sy = dims[0] / tw, dims[1] / th
-    cols = np.floor(((np.arange(tw) + 0.5) * sx - grid.cell_offset) / grid.stride0).astype(int)
-    rows = np.floor(((np.arange(th) + 0.5) * sy - grid.cell_offset) / grid.stride0).astype(int)
-    inside = (rows[:, None] >= 0) & (rows[:, None] < grid.rows) & (cols[None] >= 0) & (cols[None] < grid.cols)
-    cell = rgba[np.clip(rows, 0, grid.rows - 1)][:, np.clip(cols, 0, grid.cols - 1)]
-    alpha = Image.fromarray(np.where(inside & (cell[..., 3] > 0), 115, 0).astype(np.uint8))  # 45 % opacity
-    # uint8 compositing in PIL: a few thumbnail-sized buffers, not float64 copies (flat memory on big slides)
-    comp = Image.composite(
-        Image.fromarray(np.ascontiguousarray(cell[..., :3])), Image.fromarray(thumb), alpha
-    )
-    draw = ImageDraw.Draw(comp)
-    for feat in regions["features"]:
-        for ring in feat["geometry"]["coordinates"]:
-            draw.line([(x / sx, y / sy) for x, y in ring], fill=(0, 0, 0), width=max(1, round(tw / 600)))
-
-    # matplotlib draws only the colour bar; the big image is pasted by PIL (matplotlib would resample it in
-    # float64, ~100 MB per 1750 px thumbnail)
-    fig = Figure(figsize=(1.7, (th + 40) / 100), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    cax = fig.add_axes((0.2, 0.1, 0.12, 0.8))
-    mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), cmap)
-    fig.colorbar(mappable, cax=cax, label="tumour probability")
-    canvas.draw()
-    bar = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
-    page = Image.new("RGB", (tw + bar.width, th + 40), "white")
-    page.paste(comp, (0, 40))
-    page.paste(bar, (tw, 0))
-    font = ImageFont.load_default(size=15)
-    ImageDraw.Draw(page).text((10, 10), f"{title}: tumour probability (outlines: regions)", (0, 0, 0), font)
-    page.save(out / "overlay.png")
+def caption_lines(name: str, s: dict) -> list[str]:
+    """The caption of heatmap.png and overlay.png: what was mapped, at which level and µm/px, the threshold
+    and where it came from, then one `warning: ...` line per domain warning."""
+    return [
+        f"{name}: tumour probability; outlines: called regions (probability >= {s['threshold']:.3g})",
+        f"level {s['level']} read at {s['level_mpp']:.3g} µm/px (slide {s['slide_mpp']:.3g} µm/px, "
+        f"{s['slide_mpp_source']}); model {s['model']} at {s['model_mpp']:g} µm/px; threshold "
+        f"{s['threshold']:.3g} ({s['threshold_source']})",
+        *(f"warning: {w}" for w in s["warnings"]),
+    ]
