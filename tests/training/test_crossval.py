@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -76,3 +77,29 @@ def test_cv_refuses_to_overwrite(small_idc: Path, tmp_path: Path):
 
     with pytest.raises(HistoscanInputError, match="--force"):
         crossval(TrainConfig(data=str(small_idc), out=str(tmp_path / "cv")), folds=3)
+
+
+def test_cv_resume_keeps_finished_folds(small_idc: Path, tmp_path: Path):
+    import shutil
+
+    cfg = TrainConfig(data=str(small_idc), out=str(tmp_path / "cv"), epochs=1, batch_size=16, limit_batches=2)
+    first = crossval(cfg, folds=3)
+    kept = {
+        k: (tmp_path / "cv" / f"fold-{k}" / "checkpoints" / "best.ckpt").stat().st_mtime_ns for k in (0, 1)
+    }
+    for d in (tmp_path / "cv" / "fold-2").glob("eval-*"):
+        shutil.rmtree(d)  # fold 2 stopped before its evaluation
+    said: list[str] = []
+    again = crossval(cfg, folds=3, echo=said.append, resume=True)
+    assert [line for line in said if "done before, kept" in line] == [
+        f"fold 1/3: done before, kept ({tmp_path / 'cv' / 'fold-0'})",
+        f"fold 2/3: done before, kept ({tmp_path / 'cv' / 'fold-1'})",
+    ]
+    assert any(line.startswith("fold 3/3: training") for line in said)
+    for k, mtime in kept.items():
+        assert (tmp_path / "cv" / f"fold-{k}" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == mtime
+    assert again["pooled"]["n"] == first["pooled"]["n"] == 144
+    changed = dataclasses.replace(cfg, lr=1e-3)  # another configuration: nothing is kept
+    said.clear()
+    crossval(changed, folds=3, echo=said.append, resume=True)
+    assert not [line for line in said if "kept" in line]

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_options(p)
     p.add_argument("--folds", type=int, default=5, help="number of grouped folds, at least 2 (default 5)")
     add_tta_option(p)
+    p.add_argument(
+        "--resume", action="store_true", help="keep the folds already trained and evaluated in --out"
+    )
     p.set_defaults(func=run)
 
 
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         force=args.force,
         echo=lambda line: print(line, flush=True),
+        resume=args.resume,
     )
     m = r["pooled"]
     ci = m["ci95"]

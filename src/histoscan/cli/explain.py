@@ -32,9 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from histoscan.data.images import collect_images
     from histoscan.explain.gradcam import explain_files
 
-    paths, predictor = explain_files(
+    paths, predictor, warnings = explain_files(
         args.model, collect_images(args.images), args.out, args.target_layer, args.device, args.force
     )
+    for line in warnings:
+        print(f"warning: {line}")
     print(
         f"explained {len(paths)} image(s) with {predictor.card.model}; overlays, probabilities.csv in {args.out}"
     )

@@ -81,7 +81,12 @@ def add_slide_options(p: argparse.ArgumentParser, threads_flag: str = "--workers
         help=f"tile-reading threads per slide ({_D.workers})",
     )
     p.add_argument(
-        "--explain", type=int, default=_D.explain, metavar="K", help="Grad-CAM of the top-K tumour tiles"
+        "--explain",
+        type=int,
+        default=_D.explain,
+        metavar="K",
+        help="Grad-CAM of the top-K tumour tiles (of the K most probable tiles, marked below-threshold, when "
+        "no tile reaches the threshold)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(threads_flag=threads_flag)
@@ -129,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         f"{s['threshold']:.3f} in {s['n_regions']} regions ({s['tumour_area_mm2']:.3f} of "
         f"{s['tissue_area_mm2']:.2f} mm² tissue), {s['seconds']:.1f} s"
     )
+    for line in s["warnings"]:
+        print(f"warning: {line}")
     for note in s["notes"]:
         print(f"note: {note}")
     print(f"wrote {', '.join(OUTPUTS)} to {args.out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,8 @@ def explain_images(
     out_dir: str | Path,
     target_layer: str | None = None,
     batch_size: int = 32,
+    notes: Sequence[Sequence[str] | None] | None = None,
+    warnings: Sequence[str] = (),
 ) -> list[Path]:
     """Write `<id>_gradcam.png` per image, probabilities.csv (id,probability,label) and gradcam.npz.
 
@@ -171,6 +174,8 @@ def explain_images(
         out_dir: folder to write into (created).
         target_layer: layer of the network to explain (default: the model's last convolutional stage).
         batch_size: images per Grad-CAM pass.
+        notes: per image, caption lines for its figure (e.g. how it was fitted to the model's size).
+        warnings: domain warnings for all the images: on every figure (red) and in gradcam.npz.
 
     Returns:
         Paths of the overlay PNGs, in input order.
@@ -181,6 +186,9 @@ def explain_images(
     names = [_safe_name(i) for i in ids]
     if len(set(names)) != len(names):
         raise HistoscanInputError("ids: not unique (after making them file-name safe)")
+    notes = list(notes) if notes is not None else [None] * len(ids)
+    if len(notes) != len(ids):
+        raise HistoscanInputError(f"notes: {len(notes)} caption lists for {len(ids)} images")
     predictor = require_torch(predictor)
     card = predictor.card
     net = predictor.classifier.net
@@ -191,9 +199,10 @@ def explain_images(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for img, cam, p, i, name in zip(images, maps, probs, ids, names, strict=True):
+    for img, cam, p, i, name, lines in zip(images, maps, probs, ids, names, notes, strict=True):
         path = out / f"{name}_gradcam.png"
-        render_overlay(img, cam, float(p), card.threshold, i).save(path)
+        caption = [*(lines or ()), *(f"warning: {w}" for w in warnings)]
+        render_overlay(img, cam, float(p), card.threshold, i, caption).save(path)
         paths.append(path)
     with open(out / "probabilities.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -206,8 +215,34 @@ def explain_images(
         probabilities=probs,
         target_layer=layer,
         threshold=card.threshold,
+        notes=np.asarray(["; ".join(n or ()) for n in notes]),
+        warnings=np.asarray(list(warnings), dtype=str),
     )
     return paths
+
+
+def fit_note(height: int, width: int, size: int, fit: str, conversion: str | None = None) -> str | None:
+    """What the model saw of an image of `height` x `width` px fitted to `size` (None: the image itself)."""
+    parts = []
+    if (height, width) != (size, size):
+        if fit == "resize":
+            parts.append(
+                f"the model saw this {width}x{height} px image resized to {size}x{size} px (fit: resize)"
+            )
+        elif height >= size and width >= size:
+            parts.append(
+                f"the model saw only the centre {size}x{size} px crop of this {width}x{height} px image (fit: pad)"
+            )
+        elif height <= size and width <= size:
+            parts.append(f"this {width}x{height} px image was reflect-padded to the model's {size}x{size} px")
+        else:
+            parts.append(
+                f"this {width}x{height} px image was centre-cropped and reflect-padded to the model's "
+                f"{size}x{size} px"
+            )
+    if conversion:
+        parts.append(f"converted on reading ({conversion})")
+    return "; ".join(parts) or None
 
 
 def explain_files(
@@ -217,23 +252,37 @@ def explain_files(
     target_layer: str | None = None,
     device: str | None = "auto",
     force: bool = False,
-) -> tuple[list[Path], TorchPredictor]:
+) -> tuple[list[Path], TorchPredictor, list[str]]:
     """`histoscan explain`: decode and fit image files as in training, explain them into `out` (all or nothing).
 
+    Each figure's caption says when the model saw a crop, padding or resize of the file (e.g. the centre
+    50 x 50 px of a 96 x 96 px upload) rather than the file itself; a colour far from the training patches'
+    (:mod:`histoscan.inference.domain`) is a warning on every figure.
+
     Returns:
-        (overlay paths in `out`, the predictor used).
+        (overlay paths in `out`, the predictor used, warning lines).
     """
     from histoscan.data.images import decode_image, fit_image  # lazy: image codecs
+    from histoscan.inference.domain import domain_warnings
     from histoscan.inference.predictor import load_predictor
 
     predictor = require_torch(load_predictor(model, "auto", device))  # an .onnx: the Grad-CAM message
     card = predictor.card
-    images = np.stack([fit_image(decode_image(f, str(f))[0], card.image_size, card.fit) for f in files])
+    fitted, notes = [], []
+    for f in files:
+        img, conversion = decode_image(f, str(f))
+        note = fit_note(img.shape[0], img.shape[1], card.image_size, card.fit, conversion)
+        notes.append([note] if note else None)
+        fitted.append(fit_image(img, card.image_size, card.fit))
+    images = np.stack(fitted)
+    warnings, _ = domain_warnings(predictor, None, images, what="images")
     ids = _unique_ids(files)
     dest = Path(out)
     with staged_folder(dest, force) as tmp:
-        paths = explain_images(predictor, images, ids, tmp, target_layer=target_layer)
-    return [dest / p.name for p in paths], predictor
+        paths = explain_images(
+            predictor, images, ids, tmp, target_layer=target_layer, notes=notes, warnings=warnings
+        )
+    return [dest / p.name for p in paths], predictor, warnings
 
 
 def _unique_ids(files: list[Path]) -> list[str]:

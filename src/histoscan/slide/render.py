@@ -19,7 +19,7 @@ CMAP = "RdYlBu_r"  # diverging: blue below the threshold, yellow at it, red abov
 OVERLAY_ALPHA = 115  # 45 % opacity of the colours over the slide
 NO_TISSUE = (224, 224, 224)  # heatmap.png cells that were not classified
 SCALE_STEPS_UM = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
-BAR_PX = 190  # width of the colour-bar legend
+BAR_PX = 215  # width of the colour-bar legend
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,16 @@ class ScaleBar:
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu Sans from matplotlib's data (it has µ, which Pillow's default font lacks), else the default."""
+    import matplotlib
+
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: the bitmap font
-        return ImageFont.load_default()
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
+    except (OSError, ImportError):
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # Pillow without FreeType: the bitmap font
+            return ImageFont.load_default()
 
 
 def colour_norm(threshold: float) -> TwoSlopeNorm:
@@ -108,7 +114,7 @@ def colour_bar(threshold: float, height: int) -> Image.Image:
     norm = colour_norm(threshold)
     fig = Figure(figsize=(BAR_PX / 100, max(height, 240) / 100), dpi=100)
     canvas = FigureCanvasAgg(fig)
-    cax = fig.add_axes((0.34, 0.05, 0.12, 0.9))
+    cax = fig.add_axes((0.24, 0.05, 0.1, 0.9))
     cb = fig.colorbar(ScalarMappable(norm, CMAP), cax=cax)
     t = float(threshold)
     ticks = [v for v in (0.0, 0.25, 0.5, 0.75, 1.0) if abs(float(norm(v)) - float(norm(t))) > 0.07]
@@ -141,7 +147,7 @@ def _page(
     body: Image.Image, legend: Image.Image, caption: list[str]
 ) -> tuple[Image.Image, ImageDraw.ImageDraw, int]:
     """A white page: caption lines on top (warnings in red), `body` below at the left, `legend` at the right."""
-    font = _font(15)
+    font = _font(14)
     width = body.width + legend.width
     lines = _wrap(caption, width - 20, font)
     top = 10 + 20 * len(lines)
@@ -172,8 +178,9 @@ def write_heatmap(path: Path, heat: np.ndarray, threshold: float, caption: list[
     legend = Image.new("RGB", (bar.width, bar.height + 40), "white")
     legend.paste(bar, (0, 0))
     draw = ImageDraw.Draw(legend)
-    draw.rectangle((34, bar.height + 10, 56, bar.height + 28), fill=NO_TISSUE, outline=(120, 120, 120))
-    draw.text((62, bar.height + 11), "no tissue", fill=(0, 0, 0), font=_font(13))
+    x = round(0.24 * bar.width)
+    draw.rectangle((x, bar.height + 10, x + 22, bar.height + 28), fill=NO_TISSUE, outline=(120, 120, 120))
+    draw.text((x + 28, bar.height + 11), "no tissue", fill=(0, 0, 0), font=_font(13))
     page = _page(body, legend, caption)
     _save(page, path, caption)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,18 +29,24 @@ def _read_predictions(path: Path) -> list[dict[str, str]]:
 
 
 def crossval(
-    config: TrainConfig, folds: int = 5, tta: int = 0, force: bool = False, echo: Echo | None = None
+    config: TrainConfig,
+    folds: int = 5,
+    tta: int = 0,
+    force: bool = False,
+    echo: Echo | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate `folds` runs in OUT/fold-<i>; write OUT/cv.json and OUT/predictions.csv.
 
     Each fold's threshold is its own run's (chosen on that run's validation patients); the pooled metrics use the
     pooled per-patch decisions, so no threshold is ever fitted on test patients. `echo` receives a line per
-    fold start and result (and the folds' training lines).
+    fold start and result (and the folds' training lines). With `resume`, folds already trained and evaluated
+    with the same configuration are kept (a stopped cross-validation continues where it stopped).
     """
     config.validate()
     if folds < 2:
         raise HistoscanInputError(f"--folds {folds}: must be at least 2")
-    out = guard_output(config.out, force, "folder", "--out")
+    out = Path(config.out).expanduser() if resume else guard_output(config.out, force, "folder", "--out")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     per_fold: list[dict[str, Any]] = []
@@ -47,11 +54,18 @@ def crossval(
     for k in range(folds):
         cfg = dataclasses.replace(config, out=str(out / f"fold-{k}"), folds=folds, fold=k)
         t = time.perf_counter()
-        if echo is not None:
-            echo(f"fold {k + 1}/{folds}: training {cfg.out}")
-        run = train(cfg, force=True, echo=echo)
-        metrics = evaluate(run, config.data, out=run / "eval", tta=tta)
-        seconds = time.perf_counter() - t
+        run, eval_dir = Path(cfg.out), RunDir(cfg.out).eval_dir(config.data)
+        if resume and _fold_done(run, eval_dir, cfg, tta):
+            metrics = json.loads((eval_dir / "metrics.json").read_text())
+            seconds = sum(float(r.get("seconds") or 0) for r in _read_predictions(RunDir(run).metrics_path))
+            if echo is not None:
+                echo(f"fold {k + 1}/{folds}: done before, kept ({run})")
+        else:
+            if echo is not None:
+                echo(f"fold {k + 1}/{folds}: training {cfg.out}")
+            run = train(cfg, force=True, echo=echo)
+            metrics = evaluate(run, config.data, out=eval_dir, tta=tta, force=True)
+            seconds = time.perf_counter() - t
         if echo is not None:
             echo(
                 f"fold {k + 1}/{folds}: AUC {_fmt(metrics['auc'])}  balanced accuracy "
@@ -59,7 +73,7 @@ def crossval(
                 f"{seconds / 60:.1f} min)"
             )
         threshold = threshold_fields(RunDir(run).read_threshold())[0]
-        fold_rows = _read_predictions(run / "eval" / "predictions.csv")
+        fold_rows = _read_predictions(eval_dir / "predictions.csv")
         for r in fold_rows:
             r["fold"], r["decision"] = str(k), str(int(float(r["probability"]) >= threshold))
         rows += fold_rows
@@ -93,6 +107,19 @@ def crossval(
         w.writeheader()
         w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
     return result
+
+
+def _fold_done(run: Path, eval_dir: Path, cfg: TrainConfig, tta: int) -> bool:
+    """Whether fold `run` was trained with `cfg` (same fields but `out`) and evaluated with `tta` views."""
+    if not (eval_dir / "predictions.csv").is_file() or not (eval_dir / "metrics.json").is_file():
+        return False
+    try:
+        saved = RunDir(run).read_config()
+        views = json.loads((eval_dir / "metrics.json").read_text()).get("tta")
+    except (HistoscanInputError, ValueError):
+        return False
+    same = {**saved.to_dict(), "out": ""} == {**cfg.to_dict(), "out": ""}
+    return same and views == max(tta, 1)
 
 
 def _fmt(x: float | None) -> str:
