@@ -14,8 +14,9 @@ from PIL import Image
 from run_fixtures import make_run
 
 from histoscan.cli import main
+from histoscan.data.images import decode_image, fit_image
 from histoscan.errors import HistoscanInputError
-from histoscan.explain.gradcam import check_target_layer, explain_images, gradcam
+from histoscan.explain.gradcam import check_target_layer, explain_images, fit_note, gradcam
 from histoscan.inference.predictor import load_predictor
 from histoscan.models import SimpleCNN, target_layer_name
 from histoscan.models.classifier import PatchClassifier
@@ -123,8 +124,6 @@ def idc_files(idc_root: Path, n: int) -> list[Path]:
 
 
 def test_explain_images_writes_overlays_and_probabilities(idc_root: Path, tmp_path: Path) -> None:
-    from histoscan.data.images import decode_image, fit_image
-
     loaded = load_predictor(make_run(tmp_path / "run"))
     files = idc_files(idc_root, 3)
     images = np.stack([fit_image(decode_image(f, str(f))[0], 50, "pad") for f in files])
@@ -156,3 +155,34 @@ def test_cli_explains_files_and_folders(idc_root: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.glob("*_gradcam.png")) == sorted(f"{f.stem}_gradcam.png" for f in files)
     assert main(["explain", str(run), str(files[0]), "--out", str(out), "--target-layer", "nope"]) == 2
     assert main(["explain", str(run), str(tmp_path / "missing.png"), "--out", str(out)]) == 2
+
+
+def test_caption_says_what_the_model_saw_and_warns_on_colour(
+    idc_root: Path, shared_data: Path, tmp_path: Path, capsys
+) -> None:
+    """A 96 px upload to a 50 px model: the figure says it shows the centre crop; a grey patch: a warning."""
+    from histoscan.inference.domain import colour_stats
+
+    train = np.stack([fit_image(decode_image(f, str(f))[0], 50, "pad") for f in idc_files(idc_root, 200)])
+    run = make_run(tmp_path / "run", data_json={"colour": colour_stats(train)})
+    hcd = sorted((shared_data / "kaggle-hcd-test").glob("*.tif"))[0]
+    idc = idc_files(idc_root, 1)[0]
+    out = tmp_path / "out"
+    assert main(["explain", str(run), str(hcd), str(idc), "--out", str(out)]) == 0
+    assert "warning:" not in capsys.readouterr().out
+    saved = np.load(out / "gradcam.npz")
+    assert list(saved["notes"]) == [
+        "the model saw only the centre 50x50 px crop of this 96x96 px image (fit: pad)",
+        "",
+    ]
+    assert len(saved["warnings"]) == 0
+    assert fit_note(42, 50, 50, "pad") == "this 50x42 px image was reflect-padded to the model's 50x50 px"
+    assert fit_note(96, 96, 50, "resize", "grey") == (
+        "the model saw this 96x96 px image resized to 50x50 px (fit: resize); converted on reading (grey)"
+    )
+    grey_png = tmp_path / "grey.png"
+    Image.fromarray(np.asarray(Image.open(idc).convert("L").convert("RGB"))).save(grey_png)
+    assert main(["explain", str(run), str(grey_png), "--out", str(tmp_path / "g")]) == 0
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
+    assert len(printed) == 1 and printed[0].startswith("warning: colour: the images' stain colour lies")
+    assert list(np.load(tmp_path / "g" / "gradcam.npz")["warnings"]) == [printed[0].removeprefix("warning: ")]

@@ -184,7 +184,7 @@ def cmu_map(darkness, slides: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """One map of cmu-1-small-region: the darkness pattern, --explain 3 (a recording explain_images)."""
     calls = []
 
-    def explain_images(model, images, ids, out_dir, target_layer=None):
+    def explain_images(model, images, ids, out_dir, target_layer=None, **captions):
         calls.append((images, ids))
         return [out_dir / f"{i}_gradcam.png" for i in ids]
 
@@ -233,6 +233,12 @@ def test_map_slide_cmu_outputs_and_regions(cmu_map) -> None:
     assert 0 < s["tumour_area_mm2"] <= s["tumour_region_area_mm2"]
     assert s["tumour_area_mm2"] <= s["tissue_area_mm2"] < 2220 * 2967 * 0.499**2 / 1e6
     assert s["slide_mpp"] == 0.499 and s["model_mpp"] == 4.0 and s["level"] == 0
+    # tiles are resampled from 0.499 to the model's 4 µm/px: no resolution warning (and no colour statistics)
+    assert s["level_mpp"] == 0.499 and s["tile_mpp"] == 4.0 and s["warnings"] == []
+    assert (
+        s["threshold_source"].startswith("threshold.json")
+        and "level 0 read at 0.499 µm/px" in s["caption"][1]
+    )
 
 
 def test_map_slide_ring_with_hole(darkness, tmp_path: Path) -> None:
@@ -257,6 +263,10 @@ def test_map_slide_two_levels_real_model(model32, slides: Path, tmp_path: Path) 
     opts = SlideOptions(mpp=0.5, model_mpp=8.0, threshold=0.0)
     s = map_slide(model32, slide, tmp_path / "b", opts, progress=False)  # the real torch model
     assert s["level"] == 1 and s["read_size"] == round(512 / 2.0005055500659967)
+    # --model-mpp 8 on a model trained at 4 µm/px: the tiles are at the wrong scale, said once
+    [warning] = s["warnings"]
+    assert warning.startswith("resolution:") and "8 µm/px" in warning and "4 µm/px" in warning
+    assert s["caption"][-1] == f"warning: {warning}"
     heat = np.load(tmp_path / "b" / "heatmap.npy")
     assert heat.shape == (s["grid"][0], s["grid"][1]) and np.nanmin(heat) >= 0 and np.nanmax(heat) <= 1
     assert s["n_tumour_tiles"] == s["n_tissue_tiles"] > 0  # threshold 0: every tissue tile is "tumour"
@@ -276,6 +286,25 @@ def test_explain_top_k(cmu_map) -> None:
     top = sorted(rows.values(), reverse=True)[:3]
     got = [rows[tuple(i.removeprefix("tile_x").split("_y"))] for i in ids]
     assert got == top and min(got) >= 0.5
+
+
+def test_explain_below_threshold(run32: Path, small_slide: Path, tmp_path: Path, capsys) -> None:
+    """No tile reaches the threshold: the K most probable tiles are explained anyway, marked, and it is said."""
+    out = tmp_path / "o"
+    args = ["slide", str(run32), str(small_slide), "--out", str(out), "--no-progress", "--explain", "2"]
+    assert main(args + ["--threshold", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "note: no tile reached the threshold 1; explained the 2 most probable tiles (below threshold)"
+        in printed
+    )
+    s = json.loads((out / "summary.json").read_text())
+    assert len(s["explained"]) == 2 and all(
+        p.endswith("_below-threshold_gradcam.png") for p in s["explained"]
+    )
+    assert all((out / p).stat().st_size > 0 for p in s["explained"]) and s["n_tumour_tiles"] == 0
+    notes = np.load(out / "explain" / "gradcam.npz")["notes"]
+    assert all("below the threshold 1" in n for n in notes)
 
 
 def test_onnx_backend_without_export(run32: Path) -> None:

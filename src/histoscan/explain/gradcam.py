@@ -164,6 +164,7 @@ def explain_images(
     batch_size: int = 32,
     notes: Sequence[Sequence[str] | None] | None = None,
     warnings: Sequence[str] = (),
+    threshold: float | None = None,
 ) -> list[Path]:
     """Write `<id>_gradcam.png` per image, probabilities.csv (id,probability,label) and gradcam.npz.
 
@@ -176,6 +177,7 @@ def explain_images(
         batch_size: images per Grad-CAM pass.
         notes: per image, caption lines for its figure (e.g. how it was fitted to the model's size).
         warnings: domain warnings for all the images: on every figure (red) and in gradcam.npz.
+        threshold: the decision threshold (default: the model's), e.g. slide's --threshold.
 
     Returns:
         Paths of the overlay PNGs, in input order.
@@ -194,7 +196,8 @@ def explain_images(
     net = predictor.classifier.net
     layer = target_layer or target_layer_name(card.model, net)
     check_target_layer(net, layer, card.image_size, card.model)
-    maps, probs = gradcam(predictor.classifier, images, layer, card.threshold, batch_size)
+    threshold = card.threshold if threshold is None else float(threshold)
+    maps, probs = gradcam(predictor.classifier, images, layer, threshold, batch_size)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,19 +205,19 @@ def explain_images(
     for img, cam, p, i, name, lines in zip(images, maps, probs, ids, names, notes, strict=True):
         path = out / f"{name}_gradcam.png"
         caption = [*(lines or ()), *(f"warning: {w}" for w in warnings)]
-        render_overlay(img, cam, float(p), card.threshold, i, caption).save(path)
+        render_overlay(img, cam, float(p), threshold, i, caption).save(path)
         paths.append(path)
     with open(out / "probabilities.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "probability", "label"])
-        writer.writerows([i, f"{p:.6f}", int(p >= card.threshold)] for i, p in zip(ids, probs, strict=True))
+        writer.writerows([i, f"{p:.6f}", int(p >= threshold)] for i, p in zip(ids, probs, strict=True))
     np.savez_compressed(
         out / "gradcam.npz",
         ids=np.asarray(ids),
         maps=maps.astype(np.float16),
         probabilities=probs,
         target_layer=layer,
-        threshold=card.threshold,
+        threshold=threshold,
         notes=np.asarray(["; ".join(n or ()) for n in notes]),
         warnings=np.asarray(list(warnings), dtype=str),
     )

@@ -70,7 +70,7 @@ def render_overlay(
     label = LABELS[int(probability >= threshold)]
     lines = [
         (title, "black"),
-        (f"P(tumour) = {probability:.3f}   predicted: {label} (threshold {threshold:.2f})", "black"),
+        (f"P(tumour) = {probability:.3f}   predicted: {label} (threshold {threshold:.3g})", "black"),
     ]
     width = 2 * size[0] + 3 * pad
     for note in notes:

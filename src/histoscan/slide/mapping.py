@@ -148,7 +148,7 @@ def _map(
         model_mpp=model_mpp,
     )
     explained, explain_note = (
-        _explain(predictor, reader, grid, xy, probs, threshold, opts.explain, out)
+        _explain(predictor, reader, grid, xy, probs, threshold, opts.explain, out, warnings)
         if opts.explain
         else ([], None)
     )
@@ -234,6 +234,7 @@ def _explain(
     threshold: float,
     k: int,
     out: Path,
+    warnings: list[str],
 ) -> tuple[list[Path], str | None]:
     """Grad-CAM of the k most probable tumour tiles into out/explain/; when no tile reached the threshold, of
     the k most probable tiles anyway, their ids ending `_below-threshold` (and a note saying so)."""
@@ -258,7 +259,11 @@ def _explain(
     if not order:
         return [], None
     images = np.stack([read_tile(reader, grid, *xy[i]) for i in order])
-    return list(explain_images(predictor, images, ids, out / "explain", notes=notes)), note
+    return list(
+        explain_images(
+            predictor, images, ids, out / "explain", notes=notes, warnings=warnings, threshold=threshold
+        )
+    ), note
 
 
 def _write_tiles(path: Path, rc: np.ndarray, xy: np.ndarray, probs: np.ndarray, frac: np.ndarray) -> None:

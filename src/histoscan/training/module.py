@@ -42,7 +42,10 @@ class PatchModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = TrainConfig.from_dict(config)
-        self.classifier = build_classifier(self.cfg).to(memory_format=torch.channels_last)
+        self.classifier = build_classifier(self.cfg)
+        for param in self.classifier.parameters():  # channels_last for 4-D weights (P4M's 5-D ones stay as they are)
+            if param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
         self.augment = BatchAugment(self.cfg.augment)
         self.loss = nn.BCEWithLogitsLoss()
         self.train_auc, self.val_auc = BinaryAUROC(), BinaryAUROC()

@@ -1,0 +1,239 @@
+"""Honest comparison of training recipes on one dataset: k-fold CV of each, with paired differences.
+
+Usage (one command per dataset; each recipe's cross-validation resumes where it stopped):
+    python benchmarks/compare_recipes.py --data ../shared/data/hcd-train --name hcd-train --out runs/compare-hcd
+    python benchmarks/compare_recipes.py --data ../shared/data/idc-breast --name idc-breast --out runs/compare-idc
+    ... --recipes pytorch-seed,keras-seed,floor,default --extra "p4m:model=p4m-cnn,lr=1e-3" --epochs 8
+
+Recipes: `pytorch-seed` (simple-cnn, Adam 1.5e-4, flips/rotations), `keras-seed` (resnet50-head, trunk frozen one
+epoch, Adam 1e-4, flips + rotation/zoom/shear), `floor` (logistic regression on colour histograms, same folds),
+`default` (`histoscan train`'s defaults) and any `--extra NAME:field=value,...` (TrainConfig fields). Every
+network recipe runs `histoscan cv` with the same folds (grouped by patient when the data has groups, else
+stratified by patch), epoch cap and early stopping; metrics are pooled over the folds with bootstrap CIs over
+patients (patches without groups), and every recipe is compared with `pytorch-seed` by a paired bootstrap over
+the same patches/patients. Writes OUT/<recipe>/ (cv folders), OUT/summary.json, OUT/table.md, and with
+--markdown FILE replaces the block between `<!-- BEGIN compare NAME -->` and `<!-- END compare NAME -->` in FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from histoscan.config import config_from_options
+from histoscan.data.splits import make_folds
+from histoscan.data.store import resolve_store
+from histoscan.evaluation.compare import paired_bootstrap
+from histoscan.evaluation.metrics import compute_metrics, select_threshold
+from histoscan.training.crossval import crossval
+
+RECIPES: dict[str, dict[str, object]] = {
+    "pytorch-seed": {"model": "simple-cnn", "optimizer": "adam", "lr": 1.5e-4, "augment": "d4"},
+    "keras-seed": {
+        "model": "resnet50-head",
+        "freeze_epochs": 1,
+        "optimizer": "adam",
+        "lr": 1e-4,
+        "augment": "d4,affine",
+    },
+    "default": {},
+}
+BASELINE = "pytorch-seed"
+TEXT = {"model", "optimizer", "augment", "schedule", "fit", "monitor", "precision", "logger", "accelerator"}
+
+
+def colour_features(images: np.ndarray, bins: int = 16) -> np.ndarray:
+    """Per-channel `bins`-bin histograms (fractions) plus channel means and standard deviations, per patch."""
+    feats = []
+    for start in range(0, len(images), 512):
+        x = np.asarray(images[start : start + 512]).reshape(-1, images.shape[1] * images.shape[2], 3)
+        n, pixels = x.shape[:2]
+        parts = []
+        for c in range(3):
+            idx = x[:, :, c].astype(np.int64) * bins // 256 + bins * np.arange(n)[:, None]
+            parts.append(np.bincount(idx.ravel(), minlength=n * bins).reshape(n, bins) / pixels)
+        feats.append(np.concatenate([*parts, x.mean(1) / 255.0, x.std(1) / 255.0], 1))
+    return np.concatenate(feats)
+
+
+def floor_cv(data: str, out: Path, folds: int, seed: int) -> list[dict[str, str]]:
+    """Logistic regression on colour features, scored fold by fold on the same folds as `histoscan cv`."""
+    from sklearn.linear_model import LogisticRegression  # benchmark-only dependency (pip install '.[bench]')
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    store = resolve_store(data)
+    groups = store.groups if store.has_groups else None
+    fold = make_folds(store.labels, groups, folds, seed)
+    x, y = colour_features(store.images), store.labels.astype(int)
+    rows = []
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y[train])
+        threshold = select_threshold(y[train], clf.predict_proba(x[train])[:, 1])  # in-sample: a floor
+        p = clf.predict_proba(x[test])[:, 1]
+        for i, q in zip(np.flatnonzero(test), p, strict=True):
+            rows.append({"id": store.ids[i], "group": store.groups[i], "label": str(y[i]), "probability": f"{q:.6f}",
+                         "fold": str(k), "decision": str(int(q >= threshold))})  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summarise(rows: list[dict[str, str]]) -> dict[str, object]:
+    """Pooled AUC (+ CI) and, from the per-fold decisions, balanced accuracy and F1 (+ CIs)."""
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    d = np.array([int(r["decision"]) for r in rows])
+    groups = [r["group"] for r in rows]
+    groups = groups if all(groups) else None
+    ranking = compute_metrics(y, p, 0.5, groups=groups)
+    decided = compute_metrics(y, d.astype(float), 0.5, groups=groups)
+    return {
+        "n": len(rows),
+        "auc": ranking["auc"],
+        "auc_ci": ranking["ci95"]["auc"],
+        "balanced_accuracy": decided["balanced_accuracy"],
+        "balanced_accuracy_ci": decided["ci95"]["balanced_accuracy"],
+        "f1": decided["f1"],
+        "f1_ci": decided["ci95"]["f1"],
+    }
+
+
+def paired(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]]) -> dict[str, object]:
+    """Paired bootstrap of recipe a minus recipe b over the patches both scored."""
+    b = {r["id"]: r for r in rows_b}
+    common = [r for r in rows_a if r["id"] in b]
+    y = [int(r["label"]) for r in common]
+    groups = [r["group"] for r in common]
+    return paired_bootstrap(
+        y,
+        [float(r["probability"]) for r in common],
+        [float(b[r["id"]]["probability"]) for r in common],
+        groups if all(groups) else None,
+        [int(r["decision"]) for r in common],
+        [int(b[r["id"]]["decision"]) for r in common],
+    )
+
+
+def _ci(v: float | None, ci: list[float] | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def table(name: str, results: dict[str, dict], command: str, unit: str) -> str:
+    """The markdown block: per recipe metrics with CIs and the paired difference to the PyTorch seed."""
+    lines = [
+        f"### {name}: {results[next(iter(results))]['summary']['n']} patches, CIs over {unit}",
+        "",
+        "| recipe | AUC [95 % CI] | balanced accuracy | F1 | AUC − PyTorch seed [paired 95 % CI] | time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for recipe, r in results.items():
+        s, d = r["summary"], r.get("paired")
+        diff = (
+            "–"
+            if d is None
+            else f"{d['auc']['diff']:+.3f} [{d['auc']['ci95'][0]:+.3f}, {d['auc']['ci95'][1]:+.3f}]"
+        )
+        lines.append(
+            f"| {recipe} | {_ci(s['auc'], s['auc_ci'])} | {_ci(s['balanced_accuracy'], s['balanced_accuracy_ci'])} "
+            f"| {_ci(s['f1'], s['f1_ci'])} | {diff} | {r['minutes']:.0f} min |"
+        )
+    lines += ["", f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--name", required=True, help="dataset name for the table (e.g. hcd-train)")
+    ap.add_argument("--out", required=True, help="folder for the cross-validations (resumed)")
+    ap.add_argument("--recipes", default="pytorch-seed,keras-seed,floor,default")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME:k=v,...", help="another recipe")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--tta", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--markdown", help="file whose `compare NAME` block is replaced by the table")
+    args = ap.parse_args()
+    out = Path(args.out)
+    recipes = {name: RECIPES.get(name, {}) for name in args.recipes.split(",") if name}
+    for spec in args.extra:
+        name, _, fields = spec.partition(":")
+        recipes[name] = dict(kv.split("=", 1) for kv in fields.split(",") if kv)
+    results: dict[str, dict] = {}
+    for name, fields in recipes.items():
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        if name == "floor":
+            rows = floor_cv(args.data, out / name, args.folds, args.seed)
+        else:
+            values = {**{k: _number(v) if isinstance(v, str) and k not in TEXT else v for k, v in fields.items()},
+                      "data": args.data, "out": str(out / name), "epochs": args.epochs, "patience": args.patience,
+                      "seed": args.seed}  # fmt: skip
+            cfg = config_from_options(values)
+            crossval(
+                cfg, folds=args.folds, tta=args.tta, resume=True, echo=lambda line: print(line, flush=True)
+            )
+            rows = read_rows(out / name / "predictions.csv")
+        results[name] = {"summary": summarise(rows), "minutes": (time.perf_counter() - t0) / 60, "rows": rows}
+    if BASELINE in results:
+        for name, r in results.items():
+            if name != BASELINE:
+                r["paired"] = paired(r["rows"], results[BASELINE]["rows"])
+    command = "python " + " ".join(sys.argv)
+    unit = (
+        "patients"
+        if all(r["group"] for r in next(iter(results.values()))["rows"])
+        else "patches (no slide ids)"
+    )
+    block = table(args.name, results, command, unit)
+    summary = {k: {kk: vv for kk, vv in v.items() if kk != "rows"} for k, v in results.items()}
+    summary["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "table.md").write_text(block)
+    print(block)
+    if args.markdown:
+        path = Path(args.markdown)
+        text = path.read_text() if path.is_file() else ""
+        begin, end = f"<!-- BEGIN compare {args.name} -->", f"<!-- END compare {args.name} -->"
+        new = f"{begin}\n{block}\n{end}"
+        text = (
+            text[: text.index(begin)] + new + text[text.index(end) + len(end) :]
+            if begin in text
+            else text + "\n" + new + "\n"
+        )
+        path.write_text(text)
+    return 0
+
+
+def _number(v: str) -> object:
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+if __name__ == "__main__":
+    sys.exit(main())
