@@ -43,7 +43,9 @@ class PatchModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = TrainConfig.from_dict(config)
         self.classifier = build_classifier(self.cfg)
-        for param in self.classifier.parameters():  # channels_last for 4-D weights (P4M's 5-D ones stay as they are)
+        for (
+            param
+        ) in self.classifier.parameters():  # channels_last for 4-D weights (P4M's 5-D ones stay as they are)
             if param.dim() == 4:
                 param.data = param.data.contiguous(memory_format=torch.channels_last)
         self.augment = BatchAugment(self.cfg.augment)
