@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from histoscan.config import TrainConfig
 from histoscan.data.splits import read_split, write_split
 from histoscan.errors import HistoscanInputError
-from histoscan.utils.fs import atomic_path, atomic_write_json, guard_output, replace_folder
+from histoscan.utils.fs import atomic_path, atomic_write_json, guard_output, make_staging_dir, replace_folder
 
 
 class RunDir:
@@ -131,7 +130,7 @@ class RunDir:
         """
         final = guard_output(out, force, "folder", "--out").resolve()
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+        tmp = make_staging_dir(final, ".staging")
         return cls(tmp, final=final)
 
     @property

@@ -322,7 +322,7 @@ def test_ray_worker_killed_mid_cohort_every_slide_once(
     out = tmp_path / "out"
     killed: list[int] = []
     stop = threading.Event()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     killer = threading.Thread(target=_kill_first_mapping_worker, args=(killed, stop), daemon=True)
     try:
         killer.start()

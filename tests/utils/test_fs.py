@@ -55,3 +55,16 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path, monkeypatch:
         atomic_write_text(p, "two")
     monkeypatch.undo()
     assert p.read_text() == "one" and [q.name for q in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_staged_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        with staged_folder(tmp_path / "out", force=False) as tmp:
+            (tmp / "a.txt").write_text("a")
+        assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # not mkdtemp's 0o700
+    finally:
+        os.umask(mask)

@@ -82,7 +82,12 @@ def run(args: argparse.Namespace) -> int:
         if row["skipped"]:
             skipped.append(row["id"])
         elif row["status"] == "ok":
-            print(f"{row['id']}: ok, tumour {row['tumour_mm2']:.3f} mm², {row['seconds']:.1f} s", flush=True)
+            n = len(row.get("warnings") or [])
+            warn = f"; {n} warning{'s' if n > 1 else ''} in {row['id']}/summary.json" if n else ""
+            print(
+                f"{row['id']}: ok, tumour {row['tumour_mm2']:.3f} mm², {row['seconds']:.1f} s{warn}",
+                flush=True,
+            )
         else:
             print(f"{row['id']}: failed, {row['error']}", flush=True)
 

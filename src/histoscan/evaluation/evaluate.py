@@ -52,9 +52,13 @@ def rows_to_evaluate(store: PatchStore, runs: RunDir | list[RunDir] | None) -> t
         [i for i, pid in enumerate(store.ids) if all(s.get(pid) == "test" for s in splits)], dtype=np.int64
     )
     if len(rows) == 0:
-        where = seen[0].split_path if len(seen) == 1 else f"the {len(seen)} members' split.csv files"
+        where = (
+            f"{seen[0].split_path} has no test rows"
+            if len(seen) == 1
+            else f"the {len(seen)} members' split.csv files hold out no common test rows"
+        )
         raise HistoscanInputError(
-            f"--data {store.path}: is the model's training data and {where} hold out no common test rows; "
+            f"--data {store.path}: is the model's training data and {where}; "
             "scores on it would be optimistic — evaluate on other data"
         )
     return rows, TEST_SUBSET

@@ -218,6 +218,10 @@ def export_onnx(
     out = guard_output(out, force, "file")
     if out.suffix.lower() != ".onnx":
         raise HistoscanInputError(f"--out {out}: give a file name ending in .onnx")
+    if Path(run_or_ckpt).suffix.lower() == ".onnx":
+        raise HistoscanInputError(
+            f"{run_or_ckpt}: is already an ONNX export; export the run folder or checkpoint"
+        )
     predictor = load_torch_predictor(run_or_ckpt, "cpu")
     card = predictor.card
     images, source = _check_images(predictor, check_images)

@@ -1,15 +1,9 @@
-"""Whole-slide maps for a cohort: resumable, exactly-once, on this process or a Ray cluster.
-
-Layout of DIR: `<id>/` per slide (what `histoscan slide` writes, plus thumbnail.jpg and `.done.json`),
-`cohort.csv`, `index.html`, and hidden state: `.cohort.json` (marks DIR as a cohort), `.lock`, `.work/`
-(slides being mapped) and `.failed/<id>.json` (the last failure of each slide).
-"""
+"""Whole-slide maps for a cohort: resumable, exactly-once, on this process or a Ray cluster."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -35,8 +29,6 @@ from histoscan.slide.tiles import SlideOptions
 from histoscan.utils.fs import atomic_write_json, replace_folder
 
 __all__ = ["COLUMNS", "CohortItem", "CohortReport", "list_cohort", "run_cohort"]
-
-log = logging.getLogger(__name__)
 
 MARKER = ".done.json"
 COHORT_MARK = ".cohort.json"
@@ -92,6 +84,10 @@ def run_cohort(
     marker already inside, so a crash at any point never leaves a slide counted as done. A slide that fails
     is recorded with a one-line error and the others go on. cohort.csv and index.html are rebuilt from the
     markers at the end of every run, also after Ctrl-C.
+
+    Layout of `out`: `<id>/` per slide (what `histoscan slide` writes, plus thumbnail.jpg and `.done.json`),
+    `cohort.csv`, `index.html`, and hidden state: `.cohort.json` (marks the folder as a cohort), `.lock`
+    (one run at a time), `.work/` (slides being built) and `.failed/<id>.json` (each slide's last failure).
 
     Args:
         model: run folder, checkpoint or .onnx (loaded once per worker).
@@ -304,13 +300,14 @@ def _commit(dest: Path, item: CohortItem, key: dict, result: SlideResult, report
         "max_probability": s.get("max_probability"),
         "tumour_tiles": s.get("n_tumour_tiles"),
         "tissue_tiles": s.get("n_tissue_tiles"),
+        "warnings": s.get("warnings", []),
     }
     staged = Path(result.folder) if result.folder else _unpack(result.files or {}, dest / ".work" / item.id)
     atomic_write_json(staged / MARKER, record)
     replace_folder(staged, dest / item.id)
     failure.unlink(missing_ok=True)
     report.tiles += int(record["tissue_tiles"] or 0)
-    return {k: record.get(k) for k in COLUMNS}
+    return {k: record.get(k) for k in COLUMNS} | {"warnings": record["warnings"]}
 
 
 def _unpack(files: dict[str, bytes], folder: Path) -> Path:

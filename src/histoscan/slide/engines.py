@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -157,6 +158,20 @@ class CohortWorker:
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT Ray address must accept a TCP connection (ray.init would retry it for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", "ray://...", "local": Ray itself fails fast or knows better
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise HistoscanInputError(
+            f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the cluster with "
+            "`ray start --head` or give its address"
+        ) from None
+
+
 def import_ray() -> Any:
     """The `ray` module, or a one-line error saying how to install it."""
     try:
@@ -218,7 +233,8 @@ class RayEngine:
             self._dispatch(items, actors, lambda: cls.remote(*args), on_result)
         finally:
             for a in actors:
-                ray.kill(a)
+                with contextlib.suppress(Exception):  # already dead, or the cluster is gone
+                    ray.kill(a)
             if started:
                 ray.shutdown()
 
@@ -231,12 +247,14 @@ class RayEngine:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             n = self.want or max(1, int(cpu // max(self.cpus, 1e-9)))
             ray.init(
+                address="local",  # a new local Ray, whatever RAY_ADDRESS or an earlier `ray start` say
                 num_cpus=max(cpu, int(n * self.cpus + 0.999)),
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
         elif started:
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -291,7 +309,8 @@ class RayEngine:
                     result = ray.get(ref)
                 except RayActorError as e:  # the worker died (killed, OOM, node lost) under this slide
                     self.restarts += 1
-                    ray.kill(actor)
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
                     actors.remove(actor)
                     replacement = new_actor()
                     actors.append(replacement)

@@ -76,6 +76,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _umask_mode() -> int:
+    """0o777 less the process umask: the mode a plain mkdir would give (mkdtemp makes 0o700 folders)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def make_staging_dir(dest: Path, suffix: str = ".partial") -> Path:
+    """A hidden sibling folder of `dest` to build it in, with ordinary (umask) permissions."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent))
+    os.chmod(tmp, _umask_mode())
+    return tmp
+
+
 def replace_folder(tmp: Path, dest: Path) -> None:
     """Move the finished folder `tmp` onto `dest`; an old `dest` is moved aside first, put back if the move
     fails, and deleted only afterwards (an empty `dest` is simply removed)."""
@@ -104,7 +118,7 @@ def staged_folder(dest: str | Path, force: bool, option: str = "--out") -> Itera
     """
     dest = guard_output(dest, force, "folder", option)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    tmp = make_staging_dir(dest)
     try:
         yield tmp
         replace_folder(tmp, dest)
