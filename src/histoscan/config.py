@@ -118,6 +118,10 @@ class TrainConfig:
         0.0, "exponential moving average of the weights, decay per step (0: off; e.g. 0.999)",
         type=float, low=0, high=1, high_open=True,
     )  # fmt: skip
+    precise_bn: int = _opt(
+        0, "before each validation, re-estimate BatchNorm statistics on N clean (unaugmented) training batches",
+        type=int, low=0, high=100_000, metavar="N",
+    )  # fmt: skip
     freeze_epochs: int = _opt(
         0, "epochs with the trunk frozen before fine-tuning (resnet50-head)", type=int, low=0, high=100_000
     )

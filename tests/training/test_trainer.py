@@ -39,3 +39,29 @@ def test_placement_and_precision_on_this_machine() -> None:
     )
     with pytest.raises(HistoscanInputError, match="--accelerator gpu: no CUDA GPU"):
         placement(TrainConfig(accelerator="gpu"))
+
+
+def test_precise_bn_uses_clean_batch_statistics() -> None:
+    """Running statistics become the exact mean/variance of the clean batches, whatever training left there."""
+    from types import SimpleNamespace
+
+    from histoscan.models.classifier import PatchClassifier
+    from histoscan.training.trainer import PreciseBN
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Flatten()
+    )
+    module = torch.nn.Module()
+    module.classifier = PatchClassifier(net)
+    module.device = torch.device("cpu")
+    bn = net[1]
+    bn.running_mean.fill_(5.0)  # what heavy augmentation left behind
+    batches = [(torch.randint(0, 256, (6, 8, 8, 3), dtype=torch.uint8), torch.zeros(6)) for _ in range(3)]
+    trainer = SimpleNamespace(train_dataloader=batches, sanity_checking=False)
+    PreciseBN(batches=2).on_validation_epoch_start(trainer, module)
+    with torch.no_grad():
+        feats = torch.cat([net[0]((module.classifier.prepare(x) - module.classifier.mean) / module.classifier.std)
+                           for x, _ in batches[:2]])  # fmt: skip
+    torch.testing.assert_close(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    assert bn.momentum == 0.1 and not module.training

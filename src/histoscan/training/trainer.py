@@ -67,6 +67,39 @@ class EarlyStop(EarlyStopping):
         self.patience = patience
 
 
+class PreciseBN(L.Callback):
+    """Re-estimate BatchNorm running statistics on clean training batches before every validation.
+
+    Strong colour/stain augmentation shifts the batch statistics BatchNorm accumulates during training away from
+    those of real (unaugmented) patches, so evaluation-mode outputs drift (the instability seen with HED jitter
+    on idc-breast). Recomputing the statistics as an exact average over `batches` clean batches — "precise BN"
+    (Wu & Johnson 2021) — removes that mismatch; the weights are untouched.
+    """
+
+    def __init__(self, batches: int):
+        self.batches = batches
+
+    @torch.no_grad()
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        bns = [m for m in pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        loader = trainer.train_dataloader
+        if not bns or loader is None or trainer.sanity_checking:
+            return
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average: the exact mean over the batches seen
+        pl_module.train()
+        clf = pl_module.classifier
+        for i, (x, _) in enumerate(loader):
+            if i >= self.batches:
+                break
+            clf.head(clf.prepare(x.to(pl_module.device)))  # no augmentation: real patches' statistics
+        for bn, m in zip(bns, momenta, strict=True):
+            bn.momentum = m
+        pl_module.eval()  # validation continues in eval mode
+
+
 class Finetuning(BackboneFinetuning):
     """BackboneFinetuning that recognises parameters by identity.
 
@@ -137,6 +170,8 @@ def build_trainer(
                 verbose=False,
             )
         )
+    if config.precise_bn:
+        cbs.append(PreciseBN(config.precise_bn))
     if config.ema:
         cbs.append(
             EMAWeightAveraging(decay=config.ema)
