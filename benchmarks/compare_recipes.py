@@ -173,6 +173,12 @@ def main() -> int:
     ap.add_argument("--tta", type=int, default=8)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--markdown", help="file whose `compare NAME` block is replaced by the table")
+    ap.add_argument(
+        "--keep",
+        default="docs/results",
+        help="folder where each finished recipe's pooled predictions are kept (KEEP/NAME/<recipe>.csv + .json) "
+        "and reused when the same recipe is asked for again (default docs/results; '' to disable)",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     recipes = {name: RECIPES.get(name, {}) for name in args.recipes.split(",") if name}
@@ -180,9 +186,18 @@ def main() -> int:
         name, _, fields = spec.partition(":")
         recipes[name] = dict(kv.split("=", 1) for kv in fields.split(",") if kv)
     results: dict[str, dict] = {}
+    keep = Path(args.keep) / args.name if args.keep else None
     for name, fields in recipes.items():
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
+        setup = {"recipe": fields, "folds": args.folds, "epochs": args.epochs, "patience": args.patience,
+                 "tta": args.tta, "seed": args.seed}  # fmt: skip
+        kept = _kept(keep, name, setup)
+        if kept is not None:
+            rows, minutes = kept
+            print(f"   reusing {keep / name}.csv (same recipe and settings)", flush=True)
+            results[name] = {"summary": summarise(rows), "minutes": minutes, "rows": rows}
+            continue
         if name == "floor":
             rows = floor_cv(args.data, out / name, args.folds, args.seed)
         else:
@@ -195,6 +210,8 @@ def main() -> int:
             )
             rows = read_rows(out / name / "predictions.csv")
         results[name] = {"summary": summarise(rows), "minutes": (time.perf_counter() - t0) / 60, "rows": rows}
+        if keep is not None:
+            _keep(keep, name, setup, rows, results[name]["minutes"])
     if BASELINE in results:
         for name, r in results.items():
             if name != BASELINE:
@@ -223,6 +240,25 @@ def main() -> int:
         )
         path.write_text(text)
     return 0
+
+
+def _kept(keep: Path | None, name: str, setup: dict) -> tuple[list[dict[str, str]], float] | None:
+    """The kept predictions of `name` when they were made with the same recipe and settings."""
+    if keep is None or not (keep / f"{name}.csv").is_file() or not (keep / f"{name}.json").is_file():
+        return None
+    info = json.loads((keep / f"{name}.json").read_text())
+    if info.get("setup") != json.loads(json.dumps(setup)):
+        return None
+    return read_rows(keep / f"{name}.csv"), float(info.get("minutes", 0.0))
+
+
+def _keep(keep: Path, name: str, setup: dict, rows: list[dict[str, str]], minutes: float) -> None:
+    keep.mkdir(parents=True, exist_ok=True)
+    with (keep / f"{name}.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "group", "label", "probability", "fold", "decision"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
+    (keep / f"{name}.json").write_text(json.dumps({"setup": setup, "minutes": round(minutes, 1)}, indent=2))
 
 
 def _number(v: str) -> object:
