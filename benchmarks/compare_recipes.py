@@ -205,10 +205,13 @@ def main() -> int:
                       "data": args.data, "out": str(out / name), "epochs": args.epochs, "patience": args.patience,
                       "seed": args.seed}  # fmt: skip
             cfg = config_from_options(values)
-            crossval(
+            cv = crossval(
                 cfg, folds=args.folds, tta=args.tta, resume=True, echo=lambda line: print(line, flush=True)
             )
             rows = read_rows(out / name / "predictions.csv")
+            t0 = time.perf_counter() - sum(
+                f["seconds"] for f in cv["per_fold"]
+            )  # kept folds' time counts too
         results[name] = {"summary": summarise(rows), "minutes": (time.perf_counter() - t0) / 60, "rows": rows}
         if keep is not None:
             _keep(keep, name, setup, rows, results[name]["minutes"])
