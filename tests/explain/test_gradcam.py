@@ -139,8 +139,28 @@ def test_explain_images_writes_overlays_and_probabilities(idc_root: Path, tmp_pa
     np.testing.assert_allclose([float(r["probability"]) for r in rows], expected, atol=1e-5)
     assert [int(r["label"]) for r in rows] == [int(p >= 0.5) for p in expected]
     saved = np.load(tmp_path / "out" / "gradcam.npz")
-    assert saved["maps"].shape == (3, 50, 50)
     assert str(saved["target_layer"]) == target_layer_name("simple-cnn", loaded.classifier.net)
+
+
+def test_gradcam_npz_keeps_one_map_per_input(idc_root: Path, tmp_path: Path) -> None:
+    """N inputs (more than one Grad-CAM batch): N maps of the input's size, in input order, with their ids."""
+    loaded = load_predictor(make_run(tmp_path / "run"))
+    files = idc_files(idc_root, 5)
+    images = np.stack([fit_image(decode_image(f, str(f))[0], 50, "pad") for f in files])
+    ids = [f"p{i}" for i in range(5)]
+    explain_images(loaded, images, ids, tmp_path / "out", batch_size=2)
+    saved = np.load(tmp_path / "out" / "gradcam.npz")
+    assert list(saved["ids"]) == ids
+    assert saved["maps"].shape == (5, 50, 50) and saved["maps"].dtype == np.float16
+    for key in ("probabilities", "logits", "spread", "localised", "notes"):
+        assert saved[key].shape == (5,), key
+    # each input's map is its own: the same as explaining it alone, and blank exactly where not localised
+    alone = [
+        gradcam(loaded.classifier, images[i : i + 1], str(saved["target_layer"]))[0][0] for i in range(5)
+    ]
+    np.testing.assert_allclose(saved["maps"].astype(np.float32), np.stack(alone), atol=2e-3)
+    assert all((m.max() == 0) == (not ok) for m, ok in zip(saved["maps"], saved["localised"], strict=True))
+    assert str(saved["method"]) == "integrated-gradcam"  # simple-cnn at 50 px: "auto" (docs/benchmarks.md)
 
 
 def test_cli_explains_files_and_folders(idc_root: Path, tmp_path: Path) -> None:

@@ -181,7 +181,8 @@ def test_stream_tiles_order_and_errors(slides: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cmu_map(darkness, slides: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, list]:
-    """One map of cmu-1-small-region: the darkness pattern, --explain 3 (a recording explain_images)."""
+    """One map of cmu-1-small-region: the darkness pattern, tiles not overlapping nor smoothed (heatmap cells =
+    tiles), --explain 3 (a recording explain_images)."""
     calls = []
 
     def explain_images(model, images, ids, out_dir, target_layer=None, **captions):
@@ -193,7 +194,8 @@ def cmu_map(darkness, slides: Path, tmp_path_factory: pytest.TempPathFactory) ->
         mp.setitem(
             sys.modules, "histoscan.explain.gradcam", types.SimpleNamespace(explain_images=explain_images)
         )
-        s = map_slide(darkness, slides / "cmu-1-small-region.svs", out, SlideOptions(explain=3), False)
+        opts = SlideOptions(explain=3, stride=32, smooth=0)
+        s = map_slide(darkness, slides / "cmu-1-small-region.svs", out, opts, False)
     return s, out, calls
 
 
@@ -247,7 +249,7 @@ def test_map_slide_ring_with_hole(darkness, tmp_path: Path) -> None:
     img[128:512, 128:512] = PURPLE
     img[256:384, 256:384] = PINK
     _write_tiff(tmp_path / "ring.tif", img, 1.0, 128, levels=2)
-    s = map_slide(darkness, tmp_path / "ring.tif", tmp_path / "out", SlideOptions(), False)
+    s = map_slide(darkness, tmp_path / "ring.tif", tmp_path / "out", SlideOptions(stride=32, smooth=0), False)
     [feat] = json.loads((tmp_path / "out" / "regions.geojson").read_text())["features"]
     outer, hole = feat["geometry"]["coordinates"]
     assert sorted(map(tuple, outer[:-1])) == [(128, 128), (128, 512), (512, 128), (512, 512)]
@@ -260,7 +262,7 @@ def test_map_slide_two_levels_real_model(model32, slides: Path, tmp_path: Path) 
     slide = slides / "tcga-cr-7395-01a-01-ts1.svs"
     with pytest.raises(HistoscanInputError, match="--mpp"):
         map_slide(model32, slide, tmp_path / "a", SlideOptions(), progress=False)
-    opts = SlideOptions(mpp=0.5, model_mpp=8.0, threshold=0.0)
+    opts = SlideOptions(mpp=0.5, model_mpp=8.0, threshold=0.0, stride=32)  # heatmap cells = tiles
     s = map_slide(model32, slide, tmp_path / "b", opts, progress=False)  # the real torch model
     assert s["level"] == 1 and s["read_size"] == round(512 / 2.0005055500659967)
     # --model-mpp 8 on a model trained at 4 µm/px: the tiles are at the wrong scale, said once
@@ -379,7 +381,7 @@ def test_map_slide_overlapping_stride_cells(darkness, tmp_path: Path) -> None:
     img = np.full((128 * 5, 128 * 5, 3), 240, np.uint8)
     img[128:512, 128:384] = PURPLE
     _write_tiff(tmp_path / "s.tif", img, 1.0, 128)
-    opts = SlideOptions(stride=16, min_tissue=0.5)  # 64 level-0 px steps; heatmap cells 64 px, tile-centred
+    opts = SlideOptions(stride=16, min_tissue=0.5)  # 64 level-0 px steps; heatmap cells 64 px from the corner
     s = map_slide(darkness, tmp_path / "s.tif", tmp_path / "o", opts, False)
     assert s["stride_level0"] == 64 and s["grid"] == [9, 9]
     feats = json.loads((tmp_path / "o" / "regions.geojson").read_text())["features"]

@@ -126,7 +126,7 @@ def block_map(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         path, img, tile=(128, 128), photometric="rgb", resolution=(1e4, 1e4), resolutionunit="CENTIMETER"
     )
     card = load_predictor(make_run(tmp / "run", image_size=32, mpp=4.0, threshold=T)).card
-    s = map_slide(BlockPredictor(card), path, tmp / "out", SlideOptions(), progress=False)
+    s = map_slide(BlockPredictor(card), path, tmp / "out", SlideOptions(stride=32, smooth=0), progress=False)
     return s, tmp / "out"
 
 

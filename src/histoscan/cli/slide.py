@@ -46,7 +46,20 @@ def add_slide_options(p: argparse.ArgumentParser, threads_flag: str = "--workers
         help="µm/px of the training patches when the run records none (PCam: 0.972)",
     )
     p.add_argument(
-        "--stride", type=int, default=_D.stride, help="tile step in model pixels (default: tile size)"
+        "--stride",
+        type=int,
+        default=_D.stride,
+        help="tile step in model pixels (default: half the tile size); below the tile size the tiles overlap "
+        "and each heatmap cell (one per step) is the mean of the tiles covering it; the tile size (e.g. 96) "
+        "classifies 4x fewer tiles",
+    )
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=_D.smooth,
+        metavar="SIGMA",
+        help=f"Gaussian smoothing of the heatmap's logits over the tissue, sigma in tile widths (0: off; "
+        f"{_D.smooth:g})",
     )
     p.add_argument(
         "--threshold", type=float, default=_D.threshold, help="tumour threshold (default: the run's)"
@@ -101,6 +114,8 @@ def slide_options(args: argparse.Namespace, force: bool = False) -> SlideOptions
             raise HistoscanInputError(f"{flag} {value}: must be at least 1")
     if not 0 <= args.min_tissue <= 1:
         raise HistoscanInputError(f"--min-tissue {args.min_tissue}: must be between 0 and 1")
+    if args.smooth < 0:
+        raise HistoscanInputError(f"--smooth {args.smooth}: must be 0 (off) or more")
     if args.explain < 0:
         raise HistoscanInputError(f"--explain {args.explain}: must be 0 or more")
     if args.onnx is not None and not args.onnx.is_file():
@@ -109,6 +124,7 @@ def slide_options(args: argparse.Namespace, force: bool = False) -> SlideOptions
         mpp=args.mpp,
         model_mpp=args.model_mpp,
         stride=args.stride,
+        smooth=args.smooth,
         threshold=args.threshold,
         batch_size=args.batch_size,
         level=args.level,

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.visualize import GradCAM
 from torch import nn
 
 from histoscan.errors import HistoscanInputError
+from histoscan.explain.cam import NO_EVIDENCE_NOTE, cam_maps, check_target_layer, resolve_method
 from histoscan.explain.render import render_overlay
 from histoscan.inference.predictor import Predictor, TorchPredictor
 from histoscan.models import target_layer_name
@@ -21,125 +19,27 @@ from histoscan.models.classifier import PatchClassifier
 from histoscan.utils.fs import staged_folder
 
 
-class _SignedLogits(nn.Module):
-    """[-logit, logit] as two class scores, so Grad-CAM can explain either predicted class of a one-logit net.
-
-    d(-logit)/dA is the evidence for "normal": explaining a negative prediction with the positive logit would
-    show where the model saw *no* tumour evidence, not what made it say normal. Input: N x 3 x H x W
-    (0..255), the layout MONAI reads the map size from.
-    """
-
-    def __init__(self, classifier: PatchClassifier):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.classifier(x.permute(0, 2, 3, 1))
-        return torch.stack([-z, z], dim=1)
-
-
-def _minmax(x: torch.Tensor) -> torch.Tensor:
-    """Per-map scaling to [0, 1] (max -> 1); an all-zero map (no positive evidence) stays zero.
-
-    Replaces MONAI's default post-processing, which maps (min, max) to (1, 0), i.e. flips the map.
-    """
-    flat = x.flatten(1)
-    lo = flat.min(1).values.view(-1, *[1] * (x.ndim - 1))
-    span = (flat.max(1).values.view_as(lo) - lo).clamp_min(1e-12)
-    return torch.where(span > 1e-12, (x - lo) / span, torch.zeros_like(x))
-
-
-def spatial_layers(net: nn.Module, image_size: int) -> list[str]:
-    """Names (relative to `net`) of the submodules whose output is a 4-D feature map at `image_size`."""
-    shapes: dict[str, int] = {}
-    hooks = [
-        m.register_forward_hook(
-            lambda _m, _i, o, n=n: shapes.__setitem__(n, o.ndim if torch.is_tensor(o) else 0)
-        )
-        for n, m in net.named_modules()
-        if n
-    ]
-    device = next(net.parameters()).device
-    was_training = net.training
-    try:
-        net.eval()
-        with torch.no_grad():
-            net(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        net.train(was_training)
-        for h in hooks:
-            h.remove()
-    return [n for n, d in shapes.items() if d == 4]
-
-
-def check_target_layer(net: nn.Module, layer: str, image_size: int, model_name: str = "") -> None:
-    """Raise HistoscanInputError naming `layer` and listing valid ones unless it yields a 4-D feature map."""
-    valid = spatial_layers(net, image_size)
-    if layer in valid:
-        return
-    shown = [n for n in valid if n.count(".") <= 1]  # stages and blocks; deeper names are valid too
-    what = (
-        "is not a layer"
-        if layer not in dict(net.named_modules())
-        else "has no spatial (N x C x H x W) output"
-    )
-    raise HistoscanInputError(
-        f"--target-layer {layer}: {what} of model '{model_name or type(net).__name__}'; "
-        f"choose e.g. {', '.join(shown)}"
-        + (f" (or any of {len(valid) - len(shown)} deeper layers)" if len(valid) > len(shown) else "")
-    )
+def default_explainer(model_name: str, net: nn.Module, image_size: int) -> tuple[str, str]:
+    """(method, layer) `histoscan explain` uses by default: the registry's layer, method by its map size."""
+    layer = target_layer_name(model_name, net)
+    return resolve_method("auto", net, layer, image_size), layer
 
 
 def gradcam(
     classifier: PatchClassifier,
     images: np.ndarray,
-    target_layer: str,
+    target_layer: str | Sequence[str],
     threshold: float = 0.5,
     batch_size: int = 32,
+    method: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM maps for the predicted class of each image.
+    """(maps float32 N x H x W in [0, 1], tumour probabilities float32 N): :func:`cam_maps` in short.
 
-    Args:
-        classifier: uint8 NHWC -> one logit per image (its weights are not modified; a copy is hooked).
-        images: uint8 N x H x W x 3 RGB.
-        target_layer: layer of `classifier.net` whose activations and gradients make the map.
-        threshold: probability at or above which the prediction is tumour (the explained class then is the
-            positive logit, else the negative logit).
-        batch_size: images per forward/backward pass.
-
-    Returns:
-        (maps float32 N x H x W in [0, 1], tumour probabilities float32 N).
+    A flat map (no localised evidence, see :class:`CamMaps`) is all zero rather than noise stretched to a
+    hot spot.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise HistoscanInputError(f"images: expected N x H x W x 3, got shape {images.shape}")
-    n, h, w = images.shape[:3]
-    # hooks are registered on a copy: MONAI never removes them, and in-place ops are switched off for the
-    # full backward hooks (an in-place ReLU after the target layer would otherwise break them)
-    clf = copy.deepcopy(classifier).eval()
-    for m in clf.modules():
-        if getattr(m, "inplace", False):
-            m.inplace = False
-    for p in clf.parameters():
-        p.requires_grad_(True)
-    check_target_layer(clf.net, target_layer, min(h, w))
-    cam = GradCAM(_SignedLogits(clf), target_layers=f"classifier.net.{target_layer}", postprocessing=_minmax)
-    device = next(clf.parameters()).device
-    maps = np.zeros((n, h, w), np.float32)
-    probs = np.zeros(n, np.float32)
-    with torch.inference_mode(False), torch.enable_grad():
-        for start in range(0, n, batch_size):
-            x = torch.as_tensor(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2)
-            with torch.no_grad():
-                p = torch.sigmoid(clf(x.permute(0, 2, 3, 1)).float())
-            probs[start : start + len(x)] = p.cpu().numpy()
-            positive = p >= threshold
-            for cls in (0, 1):
-                idx = torch.nonzero(positive == bool(cls)).flatten()
-                if len(idx):
-                    m = cam(x[idx], class_idx=cls)
-                    maps[start + idx.cpu().numpy()] = m[:, 0].detach().float().cpu().numpy()
-    return maps, probs
+    res = cam_maps(classifier, images, target_layer, threshold, batch_size, method)
+    return res.maps, res.probabilities
 
 
 def _safe_name(s: str) -> str:
@@ -165,19 +65,27 @@ def explain_images(
     notes: Sequence[Sequence[str] | None] | None = None,
     warnings: Sequence[str] = (),
     threshold: float | None = None,
+    method: str = "auto",
 ) -> list[Path]:
     """Write `<id>_gradcam.png` per image, probabilities.csv (id,probability,label) and gradcam.npz.
+
+    gradcam.npz holds one map per input, in input order: ids (N), maps (float16 N x S x S in [0, 1]; all zero
+    where the map is flat), probabilities, logits, spread and localised (N; see :class:`CamMaps`), notes (N),
+    target_layer, method, threshold and warnings. A flat map's figure says "no localised evidence".
 
     Args:
         predictor: a PyTorch predictor (:func:`histoscan.inference.predictor.load_predictor`).
         images: uint8 N x S x S x 3, already fitted to the model's image size.
         ids: one id per image (file names are made safe; ids must be unique).
         out_dir: folder to write into (created).
-        target_layer: layer of the network to explain (default: the model's last convolutional stage).
+        target_layer: layer of the network to explain (default: the registry's, :func:`default_explainer`); several
+            joined by "+" average their maps.
         batch_size: images per Grad-CAM pass.
         notes: per image, caption lines for its figure (e.g. how it was fitted to the model's size).
         warnings: domain warnings for all the images: on every figure (red) and in gradcam.npz.
         threshold: the decision threshold (default: the model's), e.g. slide's --threshold.
+        method: "auto" (:func:`histoscan.explain.cam.resolve_method`), "gradcam", "gradcam++" or
+            "integrated-gradcam".
 
     Returns:
         Paths of the overlay PNGs, in input order.
@@ -195,16 +103,25 @@ def explain_images(
     card = predictor.card
     net = predictor.classifier.net
     layer = target_layer or target_layer_name(card.model, net)
-    check_target_layer(net, layer, card.image_size, card.model)
+    for part in layer.split("+"):
+        check_target_layer(net, part, card.image_size, card.model)
     threshold = card.threshold if threshold is None else float(threshold)
-    maps, probs = gradcam(predictor.classifier, images, layer, threshold, batch_size)
+    method = resolve_method(method, net, layer, card.image_size)
+    res = cam_maps(predictor.classifier, images, layer, threshold, batch_size, method)
+    maps, probs = res.maps, res.probabilities
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for img, cam, p, i, name, lines in zip(images, maps, probs, ids, names, notes, strict=True):
+    for img, cam, p, i, name, lines, flat in zip(
+        images, maps, probs, ids, names, notes, res.flat, strict=True
+    ):
         path = out / f"{name}_gradcam.png"
-        caption = [*(lines or ()), *(f"warning: {w}" for w in warnings)]
+        caption = [
+            *([NO_EVIDENCE_NOTE] if flat else ()),
+            *(lines or ()),
+            *(f"warning: {w}" for w in warnings),
+        ]
         render_overlay(img, cam, float(p), threshold, i, caption).save(path)
         paths.append(path)
     with open(out / "probabilities.csv", "w", newline="") as f:
@@ -216,7 +133,11 @@ def explain_images(
         ids=np.asarray(ids),
         maps=maps.astype(np.float16),
         probabilities=probs,
+        localised=~res.flat,
+        spread=res.spread,
+        logits=res.logits,
         target_layer=layer,
+        method=method,
         threshold=threshold,
         notes=np.asarray(["; ".join(n or ()) for n in notes]),
         warnings=np.asarray(list(warnings), dtype=str),

@@ -177,10 +177,10 @@ def model_id(card: ModelCard) -> str:
 
 def settings_key(card: ModelCard, options: SlideOptions, item: CohortItem) -> str:
     """12 hex digits over what changes a slide's outputs besides slide and weights: the effective slide and
-    model µm/px, threshold, stride, level, min tissue, Grad-CAM count and thumbnail size (not batch size,
-    reader threads or reader)."""
+    model µm/px, threshold, stride, smoothing, level, min tissue, Grad-CAM count and thumbnail size (not batch
+    size, reader threads or reader)."""
     o = asdict(options)
-    keep = {k: o[k] for k in ("stride", "level", "min_tissue", "explain", "thumbnail_size")}
+    keep = {k: o[k] for k in ("stride", "smooth", "level", "min_tissue", "explain", "thumbnail_size")}
     keep["mpp"] = item.mpp if item.mpp is not None else options.mpp
     keep["model_mpp"] = options.model_mpp or card.mpp
     keep["threshold"] = card.threshold if options.threshold is None else options.threshold

@@ -23,11 +23,15 @@ from histoscan.slide.tiles import (
     OUTPUTS,
     SlideOptions,
     TileGrid,
+    average_tiles,
+    default_stride,
     otsu_threshold,
     plan_grid,
     read_tile,
+    smooth_heat,
     stream_tiles,
     tile_tissue_fraction,
+    tiles_covering,
     tissue_mask,
 )
 from histoscan.utils.fs import guard_output, staged_folder
@@ -104,20 +108,25 @@ def _map(
             "--model-mpp: the run records no patch µm/px (config mpp); pass the training patches' µm/px "
             "(PCam: 0.972)"
         )
-    grid = plan_grid(reader, card.image_size, float(model_mpp), opts.stride, opts.level)
+    stride = opts.stride or default_stride(card.image_size)
+    grid = plan_grid(reader, card.image_size, float(model_mpp), stride, opts.level)
+    cells = grid.cells()  # the heatmap's grid (the tile grid when the tiles do not overlap)
     out.mkdir(parents=True, exist_ok=True)
     side = min(max(opts.thumbnail_size, math.ceil(8 * max(reader.dimensions) / grid.tile0)), 4096)
     thumb = reader.thumbnail(side)
+    w0, h0 = reader.dimensions
     mask = tissue_mask(thumb)
     t_tiles = time.perf_counter()
+    cell_frac = tile_tissue_fraction(mask, cells, reader.dimensions)
+    tissue = cell_frac >= opts.min_tissue
+    rc = np.argwhere(tiles_covering(tissue, grid))  # every tile over a tissue cell: all cover it equally
     frac = tile_tissue_fraction(mask, grid, reader.dimensions)
-    rc = np.argwhere(frac >= opts.min_tissue)
     xy = grid.origins(rc)
     if echo is not None:
-        w0, h0 = reader.dimensions
+        step = f" every {grid.stride0:.0f}" if grid.stride0 != grid.tile0 else ""
         echo(
             f"slide: {Path(slide).name} {w0}x{h0} px at {reader.mpp:g} µm/px ({reader.mpp_source}); level "
-            f"{grid.level} (downsample {grid.downsample:g}), tiles of {grid.tile0:.0f} level-0 px for "
+            f"{grid.level} (downsample {grid.downsample:g}), tiles of {grid.tile0:.0f} level-0 px{step} for "
             f"{card.model} at {float(model_mpp):g} µm/px; {len(rc)} tissue tiles of {grid.rows * grid.cols}"
         )
     probs = np.empty(len(rc), np.float32)
@@ -132,11 +141,13 @@ def _map(
             bar.update(len(batch))
     stain_line = predictor.stain_note("tissue tiles")
     t_regions = time.perf_counter()
-    heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
-    heat[rc[:, 0], rc[:, 1]] = probs
+    heat = average_tiles(probs, rc, grid)
+    heat[~tissue] = np.nan
+    heat = smooth_heat(heat, opts.smooth * grid.tile0 / grid.stride0)
     threshold = float(card.threshold if opts.threshold is None else opts.threshold)
+    called = np.nan_to_num(heat, nan=-1.0) >= threshold
     threshold_source = card.threshold_source if opts.threshold is None else "--threshold"
-    regions = tumour_regions(heat, threshold, grid.stride0, grid.cell_offset, reader.mpp)
+    regions = tumour_regions(heat, threshold, cells.stride0, cells.cell_offset, reader.mpp)
     level_mpp = reader.mpp * grid.downsample
     # the tiles hold the detail of the level read, or of the model's µm/px when that is coarser (resampled)
     tile_mpp = max(level_mpp, float(model_mpp))
@@ -152,9 +163,8 @@ def _map(
         if opts.explain
         else ([], None)
     )
-    w0, h0 = reader.dimensions
-    cell_mm2 = (grid.stride0 * reader.mpp / 1000.0) ** 2
-    n_tumour = int(np.sum(probs >= threshold))
+    cell_mm2 = (cells.stride0 * reader.mpp / 1000.0) ** 2
+    n_tumour = int(called.sum())
     summary = {
         "slide": str(Path(slide).resolve()),
         "reader": reader.backend,
@@ -171,23 +181,31 @@ def _map(
         "tile_mpp": tile_mpp,
         "tile_size_px": grid.image_size,
         "tile_size_level0": grid.tile0,
+        "stride": stride,
         "stride_level0": grid.stride0,
         "read_size": grid.read_size,
         "grid": [grid.rows, grid.cols],
+        # heatmap.npy / regions: cells of cell_size_level0 px from the slide's corner, each the mean of the
+        # tiles_per_cell tiles covering it (the tiles themselves when stride = tile size), then smoothed
+        "heatmap_grid": [cells.rows, cells.cols],
+        "cell_size_level0": cells.stride0,
+        "tiles_per_cell": grid.cover**2,
+        "smooth": opts.smooth,
         "threshold": threshold,
         "threshold_source": threshold_source,
         "min_tissue": opts.min_tissue,
         "n_tiles": grid.rows * grid.cols,
         "n_tissue_tiles": len(rc),
-        "n_tumour_tiles": n_tumour,
+        "n_tissue_cells": int(tissue.sum()),
+        "n_tumour_tiles": n_tumour,  # heatmap cells called tumour (= tiles when stride = tile size)
         "n_regions": len(regions["features"]),
         "tissue_area_mm2": float(mask.sum() * (w0 / mask.shape[1]) * (h0 / mask.shape[0]))
         * (reader.mpp / 1000.0) ** 2,
-        # tissue inside the tumour tiles (comparable with tissue_area_mm2); the polygons' area is larger
-        # because a tile counts whole in regions.geojson
-        "tumour_area_mm2": float(frac[rc[:, 0], rc[:, 1]][probs >= threshold].sum() * cell_mm2),
+        # tissue inside the tumour cells (comparable with tissue_area_mm2); the polygons' area is larger
+        # because a cell counts whole in regions.geojson
+        "tumour_area_mm2": float(cell_frac[called].sum() * cell_mm2),
         "tumour_region_area_mm2": n_tumour * cell_mm2,
-        "max_probability": float(probs.max()) if len(probs) else None,
+        "max_probability": float(np.nanmax(heat)) if len(probs) else None,
         "explained": [str(p.relative_to(out)) for p in explained],
         "notes": list(reader.notes) + ([stain_line] if stain_line else []),
         "warnings": warnings,
@@ -203,7 +221,7 @@ def _map(
     t_write = time.perf_counter()
     caption = caption_lines(Path(slide).name, summary)
     write_heatmap(out / "heatmap.png", heat, threshold, caption)
-    bar = write_overlay(out / "overlay.png", heat, thumb, reader.dimensions, grid, regions, threshold,
+    bar = write_overlay(out / "overlay.png", heat, thumb, reader.dimensions, cells, regions, threshold,
                         reader.mpp, caption)  # fmt: skip
     summary["scale_bar"] = {"um": bar.um, "px": bar.px, "overlay_um_per_px": bar.um_per_px}
     summary["caption"] = caption

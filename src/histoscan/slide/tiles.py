@@ -7,7 +7,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,12 +26,17 @@ class SlideOptions:
     """How a slide is mapped. Every default of `histoscan slide` lives here.
 
     `mpp` is the SLIDE's level-0 µm/px (overrides the file's metadata); the patch µm/px comes from the
-    model, or `model_mpp` when the run recorded none. `stride` is in model pixels (default: the tile size).
+    model, or `model_mpp` when the run recorded none. `stride` is the tile step in model pixels (None: half
+    the tile size, `default_stride`); below the tile size the tiles overlap and the heatmap has one cell per
+    step, the mean probability of the tiles covering it. `smooth` is the sigma, in tile widths, of a Gaussian
+    smoothing of the heatmap's logits over the tissue cells (0: none). Both defaults were chosen on truth
+    mosaics of held-out PCam patches (benchmarks/bench_maps.py, docs/benchmarks.md).
     """
 
     mpp: float | None = None
     model_mpp: float | None = None
     stride: int | None = None
+    smooth: float = 0.75
     threshold: float | None = None  # None: the run's threshold.json
     batch_size: int = 64
     level: int | None = None  # None: the coarsest level not coarser than the model's µm/px
@@ -42,6 +47,11 @@ class SlideOptions:
     prefetch: int = 4  # ready batches queued ahead of the model
     reader: str = "auto"  # "auto" | "openslide" | "tifffile"
     thumbnail_size: int = 1024  # min longer side of the mask/overlay thumbnail (grown to >= 8 px per tile)
+
+
+def default_stride(image_size: int) -> int:
+    """The tile step when none is given: half the tile, so each heatmap cell averages 2 x 2 tiles."""
+    return max(1, image_size // 2)
 
 
 @dataclass
@@ -63,8 +73,60 @@ class TileGrid:
 
     @property
     def cell_offset(self) -> float:
-        """Level-0 offset of a heatmap cell (stride0-sized, centred on its tile) from the tile's corner."""
+        """Level-0 offset of this grid's heatmap cells from its origin: 0 for the heatmap grid (`cells()`), the
+        centre stride0-sized part of the tile for a grid of overlapping tiles."""
         return (self.tile0 - self.stride0) / 2
+
+    @property
+    def cover(self) -> int:
+        """Heatmap cells per tile side: a tile covers the cells whose centre it contains."""
+        return int(math.floor(self.tile0 / self.stride0 - 0.5 + 1e-9)) + 1
+
+    def cells(self) -> TileGrid:
+        """The heatmap's grid: cells of stride0 level-0 px from the slide's corner, one per cell centre that a
+        tile covers (the tile grid itself when stride = tile size)."""
+        m = self.cover
+        return replace(self, tile0=self.stride0, rows=self.rows + m - 1, cols=self.cols + m - 1)
+
+
+def tiles_covering(cells: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Tiles (rows x cols bool) that cover at least one True cell of the heatmap grid `cells`."""
+    m, out = grid.cover, np.zeros((grid.rows, grid.cols), bool)
+    for dy in range(m):
+        for dx in range(m):
+            out |= cells[dy : dy + grid.rows, dx : dx + grid.cols]
+    return out
+
+
+def average_tiles(values: np.ndarray, rc: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Heatmap (grid.cells() shape, float32): each cell the mean of `values` of the tiles at `rc` covering it
+    (NaN where none does). With stride = tile size, the tile values in place."""
+    m = grid.cover
+    shape = (grid.rows + m - 1, grid.cols + m - 1)
+    total, count = np.zeros(shape), np.zeros(shape)
+    for dy in range(m):
+        for dx in range(m):  # (row, col) pairs are unique: no index repeats within one pass
+            total[rc[:, 0] + dy, rc[:, 1] + dx] += values
+            count[rc[:, 0] + dy, rc[:, 1] + dx] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)
+
+
+def smooth_heat(heat: np.ndarray, sigma: float, eps: float = 1e-4) -> np.ndarray:
+    """Gaussian smoothing (sigma in cells) of the logits of a probability map over its finite cells only
+    (normalised convolution: background cells neither contribute nor change; NaN stays NaN)."""
+    from scipy import ndimage
+
+    if sigma <= 0:
+        return heat
+    ok = np.isfinite(heat)
+    p = np.clip(np.where(ok, heat, 0.5), eps, 1 - eps).astype(np.float64)
+    z = np.where(ok, np.log(p / (1 - p)), 0.0)
+    num = ndimage.gaussian_filter(z, sigma, mode="constant", truncate=3.0)
+    den = ndimage.gaussian_filter(ok.astype(np.float64), sigma, mode="constant", truncate=3.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = 1 / (1 + np.exp(-num / den))
+    return np.where(ok, out, np.nan).astype(np.float32)
 
 
 def plan_grid(
@@ -110,16 +172,19 @@ def otsu_threshold(values: np.ndarray) -> float:
     return float(np.argmax(between))
 
 
-def tissue_mask(rgb: np.ndarray, min_sat: int = 15, max_sat: int = 50) -> np.ndarray:
+def tissue_mask(rgb: np.ndarray, min_sat: int = 15, max_sat: int = 20) -> np.ndarray:
     """Tissue pixels of a thumbnail: Otsu on HSV saturation, then closing, opening and hole filling.
 
     The Otsu threshold is clamped to [min_sat, max_sat] (0..255) so that a blank slide finds no tissue and a
-    crop that is all tissue is not split into stroma vs nuclei.
+    crop that is all tissue is not split into stroma vs nuclei. The ceiling of 20 (glass is ~3-10) keeps
+    pale tissue: on truth mosaics of PCam patches Otsu lands near 50, between pale and dark tissue, and a
+    ceiling of 50 lost 6-15 % of the tissue cells (20: 0.4-1.8 %; benchmarks/bench_maps.py). Enclosed holes
+    are filled: fat (white with thin membranes) is tissue, so a glass hole inside a section is too.
     """
     from scipy import ndimage  # lazy: keeps this module (and `histoscan slide --help`) light
 
     sat = np.asarray(Image.fromarray(rgb).convert("HSV"))[..., 1]
-    sat = ndimage.uniform_filter(sat, 3)  # JPEG speckle
+    sat = ndimage.median_filter(sat, 3)  # JPEG speckle; unlike a mean it does not grow tissue edges
     thr = min(max(otsu_threshold(sat), min_sat), max_sat)
     mask = sat > thr
     disk = ndimage.generate_binary_structure(2, 1)

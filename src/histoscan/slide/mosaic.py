@@ -1,0 +1,282 @@
+"""Truth mosaics: pyramidal TIFF slides laid out from labelled patches, and scores of slide maps against them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+GLASS, NORMAL, TUMOUR = 0, 1, 2
+GLASS_RGB = (242, 241, 239)
+FP_LEVELS = (1, 2, 4)  # false-positive regions per slide at which region sensitivity is reported
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    """A laid-out slide: `image` (level 0), `truth` cell labels, each `cell` px, cell (0, 0) at `origin` px."""
+
+    image: np.ndarray
+    truth: np.ndarray
+    cell: int
+    origin: int
+    mpp: float
+
+    def truth_json(self) -> dict:
+        """What the truth .json records besides the label grid."""
+        t = self.truth == TUMOUR
+        n_regions = ndimage.label(t)[1]
+        return {
+            "cell_px": self.cell,
+            "origin_px": self.origin,
+            "mpp": self.mpp,
+            "labels": {"glass": GLASS, "normal": NORMAL, "tumour": TUMOUR},
+            "grid": list(self.truth.shape),
+            "n_tissue_cells": int((self.truth != GLASS).sum()),
+            "n_tumour_cells": int(t.sum()),
+            "n_tumour_regions": int(n_regions),
+            "tumour_mm2": float(t.sum() * (self.cell * self.mpp / 1000) ** 2),
+        }
+
+
+def mosaic_layout(
+    size: int, seed: int, margin: int = 2, tumour: float = 0.3, holes: int = 3, min_region: int = 3
+) -> np.ndarray:
+    """Cell labels (GLASS/NORMAL/TUMOUR) of a (size + 2 margin)² mosaic.
+
+    Inside a glass margin: an irregular tissue section (a smoothed-noise blob, ~80 % of the size² square, one
+    piece without holes), blob-like tumour regions in it (thresholded smoothed noise, ~`tumour` of the tissue;
+    regions under `min_region` cells become normal) and `holes` single glass cells inside normal tissue.
+
+    Args:
+        size: side of the tissue square in cells.
+        seed: the layout's random seed.
+        margin: glass cells on each side.
+        tumour: approximate fraction of tissue cells that are tumour.
+        holes: glass cells punched into normal tissue (each with tissue all around).
+        min_region: smallest tumour region kept, in cells.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size - 0.5
+    noise = ndimage.gaussian_filter(rng.standard_normal((size, size)), max(size / 8, 1.0), mode="wrap")
+    shape = -6 * np.hypot(yy, xx) + 0.5 * noise / max(noise.std(), 1e-9)
+    tissue = shape > np.quantile(shape, 0.2)
+    lab, n = ndimage.label(tissue)
+    if n > 1:
+        tissue = lab == 1 + np.argmax(ndimage.sum(tissue, lab, range(1, n + 1)))
+    tissue = ndimage.binary_fill_holes(tissue)
+    t_noise = ndimage.gaussian_filter(rng.standard_normal((size, size)), 1.5)
+    tum = tissue & (t_noise > np.quantile(t_noise[tissue], 1 - tumour))
+    lab, n = ndimage.label(tum)
+    if n:
+        sizes = ndimage.sum(tum, lab, range(1, n + 1))
+        tum = np.isin(lab, 1 + np.flatnonzero(sizes >= min_region))
+    inner = np.where(tum, TUMOUR, np.where(tissue, NORMAL, GLASS)).astype(np.int8)
+    surrounded = ndimage.binary_erosion(tissue, np.ones((3, 3), bool), border_value=0) & ~tum
+    spots = np.argwhere(surrounded)
+    for r, c in spots[rng.permutation(len(spots))[:holes]]:
+        inner[r, c] = GLASS
+    truth = np.zeros((size + 2 * margin,) * 2, np.int8)
+    truth[margin : margin + size, margin : margin + size] = inner
+    return truth
+
+
+def _draw(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """k indices into n items: without replacement while they last, then again (fresh permutations)."""
+    if n == 0:
+        raise ValueError("no patches to draw from")
+    reps = -(-k // n)
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:k]
+
+
+def paint_mosaic(
+    truth: np.ndarray,
+    normal: np.ndarray,
+    tumour: np.ndarray,
+    seed: int,
+    offset: int = 0,
+    mpp: float = 0.972,
+    glass_noise: float = 2.0,
+) -> Mosaic:
+    """The slide image of `truth`: each NORMAL/TUMOUR cell one patch (random flip/rotation) on noisy glass.
+
+    Patches are drawn without replacement from `normal` / `tumour` (uint8 N x S x S x 3; S is the cell size)
+    and reused only when a pool runs out. `offset` glass px before cell (0, 0) shifts the cell grid off
+    the slide's pixel grid multiples (a tile grid starting at 0 then straddles cells).
+    """
+    rng = np.random.default_rng(seed)
+    cell = int(normal.shape[1])
+    rows, cols = truth.shape
+    h, w = rows * cell + offset, cols * cell + offset
+    img = rng.normal(0, glass_noise, (h, w, 3)) + np.array(GLASS_RGB, float)
+    img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    for label, pool in ((NORMAL, normal), (TUMOUR, tumour)):
+        where = np.argwhere(truth == label)
+        for (r, c), i in zip(where, _draw(rng, len(where), len(pool)), strict=True):
+            k = int(rng.integers(8))
+            patch = np.rot90(pool[i][::-1] if k >= 4 else pool[i], k % 4)
+            y, x = offset + r * cell, offset + c * cell
+            img[y : y + cell, x : x + cell] = patch
+    return Mosaic(img, truth, cell, offset, mpp)
+
+
+def write_pyramid(
+    path: Path, image: np.ndarray, mpp: float, levels: int = 3, tile: int = 256, quality: int = 90
+) -> None:
+    """A tiled JPEG pyramidal TIFF as scanners write them: level 0 plus 2x box-downsampled SubIFD levels,
+    resolution tags in px/cm (µm/px = 1e4 / XResolution) and `MPP =` in the description."""
+    import tifffile
+
+    kw = {
+        "tile": (tile, tile),
+        "photometric": "rgb",
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+    }
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(levels):
+            img = image if k == 0 else np.asarray(Image.fromarray(image).reduce(2**k))
+            res = 1e4 / (mpp * 2**k)
+            tw.write(
+                img,
+                subifds=levels - 1 if k == 0 else None,
+                subfiletype=1 if k else 0,
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                description=f"histoscan truth mosaic|MPP = {mpp}" if k == 0 else None,
+                metadata=None,
+                **kw,
+            )
+
+
+def save_mosaic(mosaic: Mosaic, slide: Path, levels: int = 3, quality: int = 90) -> dict:
+    """Write the slide (`slide`, a .tif) and its truth beside it: `<stem>.truth.npy` (cell labels),
+    `<stem>.truth.json` (geometry and counts) and `<stem>.truth.geojson` (tumour polygons, level-0 px)."""
+    from histoscan.slide.io import tumour_regions
+
+    slide = Path(slide)
+    write_pyramid(slide, mosaic.image, mosaic.mpp, levels, quality=quality)
+    stem = slide.with_suffix("")
+    np.save(f"{stem}.truth.npy", mosaic.truth)
+    meta = mosaic.truth_json()
+    Path(f"{stem}.truth.json").write_text(json.dumps(meta, indent=2))
+    heat = (mosaic.truth == TUMOUR).astype(np.float32)
+    regions = tumour_regions(heat, 0.5, mosaic.cell, mosaic.origin, mosaic.mpp)
+    Path(f"{stem}.truth.geojson").write_text(json.dumps(regions))
+    return meta
+
+
+def truth_under_cells(
+    truth: np.ndarray, cell: float, origin: float, shape: tuple[int, int], cell0: float, offset0: float = 0.0
+) -> np.ndarray:
+    """The truth label under the centre of each heatmap cell (GLASS outside the truth grid).
+
+    Args:
+        truth: truth cell labels, `cell` level-0 px each, cell (0, 0) at level-0 px (`origin`, `origin`).
+        shape: the heatmap's (rows, cols); its cells are `cell0` level-0 px, cell (0, 0) at `offset0`.
+    """
+    out = []
+    for n, m in ((shape[0], truth.shape[0]), (shape[1], truth.shape[1])):
+        centre = offset0 + (np.arange(n) + 0.5) * cell0
+        idx = np.floor((centre - origin) / cell).astype(int)
+        out.append((idx, (idx >= 0) & (idx < m)))
+    (r, r_ok), (c, c_ok) = out
+    lab = truth[np.clip(r, 0, truth.shape[0] - 1)][:, np.clip(c, 0, truth.shape[1] - 1)]
+    return np.where(r_ok[:, None] & c_ok[None, :], lab, GLASS).astype(np.int8)
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """ROC AUC (Mann-Whitney, ties half); None when a class is absent."""
+    from scipy.stats import rankdata
+
+    y, p = np.asarray(y, bool), np.asarray(p, float)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if not n1 or not n0:
+        return None
+    ranks = rankdata(p)
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def region_detection(called: np.ndarray, truth_t: np.ndarray) -> tuple[int, int, int]:
+    """(truth regions detected, truth regions, false-positive called regions): a truth region is detected
+    when any called cell overlaps it; a called region is a false positive when it overlaps no truth tumour.
+    Regions are 4-connected, as in regions.geojson."""
+    lab_t, n_t = ndimage.label(truth_t)
+    lab_c, n_c = ndimage.label(called)
+    detected = len(np.unique(lab_t[called & truth_t]))
+    hit = len(np.unique(lab_c[called & truth_t]))
+    return detected, n_t, n_c - hit
+
+
+def froc(heat: np.ndarray, truth_t: np.ndarray, n_thresholds: int = 256) -> dict[int, float | None]:
+    """Region sensitivity at most 1/2/4 false-positive regions per slide, over thresholds swept across the
+    map's probabilities (the best threshold for each FP level)."""
+    p = heat[np.isfinite(heat)]
+    if not len(p) or not truth_t.any():
+        return {f: None for f in FP_LEVELS}
+    levels = np.unique(np.quantile(p, np.linspace(0, 1, n_thresholds)))
+    best = dict.fromkeys(FP_LEVELS, 0.0)
+    values = np.nan_to_num(heat, nan=-1.0)
+    for t in levels:
+        det, n_t, fp = region_detection(values >= t, truth_t)
+        for f in FP_LEVELS:
+            if fp <= f:
+                best[f] = max(best[f], det / n_t)
+    return best
+
+
+def score_map(
+    heat: np.ndarray, labels: np.ndarray, threshold: float, cell_mm2: float, truth_mm2: float | None = None
+) -> dict:
+    """Scores of a slide map against truth labels of the same shape (`truth_under_cells`).
+
+    Args:
+        heat: probabilities per heatmap cell, NaN where not classified (no tissue).
+        labels: GLASS/NORMAL/TUMOUR per heatmap cell.
+        threshold: the tumour call threshold.
+        cell_mm2: a heatmap cell's area.
+        truth_mm2: the true tumour area (default: the tumour cells of `labels` times `cell_mm2`).
+
+    Returns:
+        tile_auc (classified tissue cells), dice (called vs truth tumour cells), best_dice / best_threshold,
+        region sensitivity at the threshold and its false-positive regions, froc_<k> (sensitivity at <= k
+        FP regions), called/true/error/bias (called - true) tumour mm², glass cells classified (count, % of
+        glass) and called, tissue cells missed (%).
+    """
+    done = np.isfinite(heat)
+    tissue, t = labels != GLASS, labels == TUMOUR
+    values = np.nan_to_num(heat, nan=-1.0)
+    called = values >= threshold
+    inter, denom = (called & t).sum(), called.sum() + t.sum()
+    best_dice, best_t = 0.0, None
+    for thr in np.unique(np.quantile(heat[done], np.linspace(0, 1, 201))) if done.any() else []:
+        c = values >= thr
+        d = 2 * (c & t).sum() / max(c.sum() + t.sum(), 1)
+        if d > best_dice:
+            best_dice, best_t = float(d), float(thr)
+    det, n_t, fp = region_detection(called, t)
+    true_mm2 = float(t.sum() * cell_mm2) if truth_mm2 is None else float(truth_mm2)
+    called_mm2 = float(called.sum() * cell_mm2)
+    out = {
+        "tile_auc": auc(t[tissue & done], heat[tissue & done]),
+        "dice": float(2 * inter / denom) if denom else 1.0,
+        "best_dice": best_dice,
+        "best_threshold": best_t,
+        "threshold": float(threshold),
+        "regions": n_t,
+        "regions_detected": det,
+        "fp_regions": fp,
+        **{f"froc_{k}": v for k, v in froc(heat, t).items()},
+        "called_mm2": called_mm2,
+        "true_mm2": true_mm2,
+        "area_error_mm2": abs(called_mm2 - true_mm2),
+        "area_bias_mm2": called_mm2 - true_mm2,
+        "glass_classified": int((done & ~tissue).sum()),
+        "glass_classified_pct": float(100 * (done & ~tissue).sum() / max((~tissue).sum(), 1)),
+        "glass_called": int((called & ~tissue).sum()),
+        "tissue_missed_pct": float(100 * (tissue & ~done).sum() / max(tissue.sum(), 1)),
+    }
+    return out
