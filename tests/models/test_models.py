@@ -83,8 +83,11 @@ def test_unknown_and_missing_optional_models():
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_target_layer_is_the_last_spatial_stage(name):
-    """The default Grad-CAM layer gives a spatial map (N x C x H x W, H and W >= 2 at 50 px) after a conv."""
+def test_target_layer_is_a_spatial_stage_after_a_conv(name):
+    """The default Grad-CAM layer gives a spatial map (N x C x H x W, H and W >= 2 at 50 px) after a conv.
+
+    Not necessarily the last stage: for simple-cnn the fidelity benchmark chose features.3.2 (docs/benchmarks.md).
+    """
     model = create_model(name).eval()
     names = [n for n, _ in model.named_modules()]
     layer_name = target_layer_name(name, model)
@@ -95,5 +98,5 @@ def test_target_layer_is_the_last_spatial_stage(name):
         model(torch.rand(1, 3, 50, 50))
     assert len(seen["shape"]) == 4 and min(seen["shape"][-2:]) >= 2
     convs = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, LiftingConv, GroupConv))]
-    # the last convolution is inside the target layer or before it: nothing convolutional comes later
-    assert convs[-1].startswith(layer_name + ".") or names.index(convs[-1]) < names.index(layer_name)
+    # a convolution is inside the target layer or before it (the map is of conv features, not of the head)
+    assert any(c.startswith(layer_name + ".") or names.index(c) < names.index(layer_name) for c in convs)

@@ -88,8 +88,8 @@ class ServedModel:
         }
 
     def warmup(self) -> None:
-        """One forward pass (CUDA/cuDNN set-up) and, for torch models, the Grad-CAM imports (MONAI is slow to
-        import), so the first requests do not pay for them. Errors are logged, never raised."""
+        """One forward pass (CUDA/cuDNN set-up) and, for torch models, the Grad-CAM module's import, so the first
+        requests do not pay for them. Errors are logged, never raised."""
         try:
             self.predict_logits(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
             if self.can_explain:
@@ -115,7 +115,7 @@ class ServedModel:
         Calls are serialised: each one copies the network (Grad-CAM hooks must not touch the batcher's model).
         """
         self.require_explain()
-        from histoscan.explain.gradcam import gradcam  # lazy: only servers that explain import MONAI
+        from histoscan.explain.gradcam import gradcam  # lazy: only servers that explain load it
         from histoscan.explain.render import overlay_panel, render_overlay
         from histoscan.models import target_layer_name
 
