@@ -115,14 +115,16 @@ class ServedModel:
         Calls are serialised: each one copies the network (Grad-CAM hooks must not touch the batcher's model).
         """
         self.require_explain()
-        from histoscan.explain.gradcam import gradcam  # lazy: only servers that explain load it
+        from histoscan.explain.cam import NO_EVIDENCE_NOTE, cam_maps  # lazy: only servers that explain load it
         from histoscan.explain.render import overlay_panel, render_overlay
         from histoscan.models import target_layer_name
 
         clf = self.predictor.classifier
         with self._explain_lock:
-            maps, _ = gradcam(clf, image[None], target_layer_name(self.name, clf.net), self.threshold)
-        figure = render_overlay(image, maps[0], probability, self.threshold, title)
+            res = cam_maps(clf, image[None], target_layer_name(self.name, clf.net), self.threshold)
+        maps = res.maps
+        notes = [NO_EVIDENCE_NOTE] if bool(res.flat[0]) else []
+        figure = render_overlay(image, maps[0], probability, self.threshold, title, notes)
         return _png(figure), _png(overlay_panel(image, maps[0]))
 
 
