@@ -115,7 +115,10 @@ class ServedModel:
         Calls are serialised: each one copies the network (Grad-CAM hooks must not touch the batcher's model).
         """
         self.require_explain()
-        from histoscan.explain.cam import NO_EVIDENCE_NOTE, cam_maps  # lazy: only servers that explain load it
+        from histoscan.explain.cam import (  # lazy: only servers that explain load it
+            NO_EVIDENCE_NOTE,
+            cam_maps,
+        )
         from histoscan.explain.render import overlay_panel, render_overlay
         from histoscan.models import target_layer_name
 
