@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,3 +17,22 @@ def shared_data() -> Path:
     """The shared data folder: $HISTOSCAN_SHARED_DATA, else ../shared/data beside the repository."""
     env = os.environ.get("HISTOSCAN_SHARED_DATA")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def run_timed(cmd: list[str]) -> tuple[float, Any, str, str]:
+    """Run a command to completion: (wall s, its own rusage, stdout, stderr); a failure ends the benchmark.
+
+    The child's rusage comes from wait4 (CPU seconds and peak RSS of that process alone); its output goes to
+    temporary files, so a chatty child cannot fill a pipe and block.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {shlex.join(cmd)}\n{stdout}{stderr}")
+    return wall, usage, stdout, stderr

@@ -21,10 +21,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _common import shared_data
+from _common import run_timed, shared_data
 from bench_slide import make_run
 
 HERE = Path(__file__).resolve().parent
@@ -57,13 +56,7 @@ def run_case(run: Path, cohort: Path, out: Path, engine: str, workers: int, extr
         cmd += ["--workers", str(workers)]
     if out.exists():
         subprocess.run(["rm", "-rf", str(out)], check=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{stdout}{stderr}")
+    wall, usage, _, _ = run_timed(cmd)
     with (out / "cohort.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     markers = [json.loads((out / r["id"] / ".done.json").read_text()) for r in rows]

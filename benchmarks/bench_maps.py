@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from _common import shared_data
+from _common import run_timed, shared_data
 from make_mosaic import load_pools, make_mosaics, test_ids
 
 from histoscan.slide.mosaic import score_map, truth_under_cells
@@ -57,13 +54,7 @@ def map_one(model: Path, slide: Path, out: Path, extra: list[str]) -> dict:
     """One `histoscan slide` process: its summary plus wall and CPU seconds (wait4)."""
     exe = str(Path(sys.executable).with_name("histoscan"))
     cmd = [exe, "slide", str(model), str(slide), "--out", str(out), "--force", "--no-progress", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {shlex.join(cmd)}\n{stdout}{stderr}")
+    wall, usage, _, _ = run_timed(cmd)
     summary = json.loads((out / "summary.json").read_text())
     summary.update(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime)
     return summary

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from _common import shared_data
+from _common import run_timed, shared_data
 
 from histoscan.config import TrainConfig
 from histoscan.models import create_model
@@ -48,13 +46,7 @@ def run_case(run: Path, slide: Path, model_mpp: float, out: Path, extra: list[st
     cmd += ["--model-mpp", str(model_mpp), "--no-progress", *extra]
     if slide.name in SLIDE_MPP:
         cmd += ["--mpp", str(SLIDE_MPP[slide.name])]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{stdout}{stderr}")
+    wall, usage, _, _ = run_timed(cmd)
     summary = json.loads((out / "summary.json").read_text())
     return {
         "slide": slide.name,
