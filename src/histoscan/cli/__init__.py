@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="histoscan", description="Tumour detection in H&E histopathology patches and slides."
     )
     parser.add_argument("--version", action="version", version=f"histoscan {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log progress details (-v) or debug output (-vv)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -61,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `histoscan` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # WARNING by default: a command prints its own start/summary lines, and a user error stays one line
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no Tip banners
     try:
         return int(args.func(args) or 0)
