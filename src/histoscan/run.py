@@ -9,6 +9,7 @@ failed start leaves nothing behind; every file is written atomically (temp file 
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -192,11 +193,16 @@ class RunDir:
     def write_threshold(self, info: dict[str, Any]) -> None:
         atomic_write_json(self.threshold_path, info)
 
+    def read_metrics(self) -> list[dict[str, str]]:
+        """RUN/metrics.csv as rows (one per epoch, values as written); [] when absent."""
+        if not self.metrics_path.is_file():
+            return []
+        with self.metrics_path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
     def epochs_done(self) -> int:
         """Epochs recorded in RUN/metrics.csv (0 when there is none)."""
-        if not self.metrics_path.is_file():
-            return 0
-        return max(0, len(self.metrics_path.read_text().strip().splitlines()) - 1)
+        return len(self.read_metrics())
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any] | None:

@@ -70,10 +70,14 @@ def _thumb(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def evaluated_mark(run: RunDir | None, checkpoint: str | None = None) -> tuple[int, str] | None:
+def evaluated_mark(
+    run: RunDir | None, checkpoint: str | None = None, curves: dict[str, np.ndarray] | None = None
+) -> tuple[int, str] | None:
     """(epoch, reason) of the evaluated weights on RUN's training curves: last.ckpt -> the last epoch, any
-    other model of the run (best.ckpt, its ONNX export) -> the best epoch by the run's monitor."""
-    curves = read_training_curves(run.metrics_path) if run is not None else None
+    other model of the run (best.ckpt, its ONNX export) -> the best epoch by the run's monitor. `curves`: the
+    run's metrics.csv columns when the caller has read them already."""
+    if curves is None and run is not None:
+        curves = read_training_curves(run.metrics_path)
     if not curves or run is None:
         return None
     try:
@@ -97,7 +101,7 @@ def write_figures(out_dir: Path, y: np.ndarray, p: np.ndarray, m: dict[str, Any]
     }
     curves = read_training_curves(run.metrics_path) if run is not None else None
     if curves:
-        mark = evaluated_mark(run, m.get("checkpoint"))
+        mark = evaluated_mark(run, m.get("checkpoint"), curves)
         figs["curves"] = plot_curves(curves, out_dir / "curves.png", mark)
     return figs
 

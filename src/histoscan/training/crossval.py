@@ -57,7 +57,7 @@ def crossval(
         run, eval_dir = Path(cfg.out), RunDir(cfg.out).eval_dir(config.data)
         if resume and _fold_done(run, eval_dir, cfg, tta):
             metrics = json.loads((eval_dir / "metrics.json").read_text())
-            seconds = sum(float(r.get("seconds") or 0) for r in _read_predictions(RunDir(run).metrics_path))
+            seconds = sum(float(r.get("seconds") or 0) for r in RunDir(run).read_metrics())
             if echo is not None:
                 echo(f"fold {k + 1}/{folds}: done before, kept ({run})")
         else:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 
 from histoscan.config import TrainConfig
@@ -112,9 +111,3 @@ def end_summary(
         f"done: {len(metrics)} epoch(s) in {minutes}; {best}; stopped: {reason}; {thr}",
         f"next: histoscan evaluate {run} --data {data} --tta 8",
     ]
-
-
-def mean_seconds(metrics: list[dict[str, str]]) -> float:
-    """Mean seconds per epoch recorded in metrics.csv (0 when none)."""
-    secs = [float(r["seconds"]) for r in metrics if r.get("seconds")]
-    return float(np.mean(secs)) if secs else 0.0

@@ -32,16 +32,15 @@ from histoscan.utils.fs import atomic_path, guard_output
 log = logging.getLogger(__name__)
 
 
-def _trim_metrics(path: Path, before_epoch: int) -> None:
+def _trim_metrics(run: RunDir, before_epoch: int) -> None:
     """On resume, drop metric rows of epochs that will be trained again."""
-    if not path.is_file():
+    if not run.metrics_path.is_file():
         return
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch]
+    rows = [r for r in run.read_metrics() if int(r["epoch"]) < before_epoch]
     if not rows:
-        path.unlink()
+        run.metrics_path.unlink()
         return
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+    with atomic_path(run.metrics_path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -148,7 +147,7 @@ def train(
             run, store, np.flatnonzero(split == "val"), config.batch_size, config.target_sensitivity
         )
         if say is not None:
-            metrics = _read_metrics(run.metrics_path)
+            metrics = run.read_metrics()
             reason = stop_reason(trainer, config)
             for line in end_summary(str(run.path), config.data, metrics, config, reason, run.read_threshold(),
                                     time.perf_counter() - t0):  # fmt: skip
@@ -190,7 +189,7 @@ def _fit(
         ckpt_path = run.last_ckpt
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         resume_epoch = int(ckpt["epoch"]) + 1
-        _trim_metrics(run.metrics_path, resume_epoch)
+        _trim_metrics(run, resume_epoch)
         wait = early_stopping_wait(ckpt)
         if say is not None and wait >= config.patience - 1:
             say(
@@ -219,13 +218,6 @@ def _fit(
     if trainer.interrupted:  # a callback stopped the run through KeyboardInterrupt without exiting
         raise Interrupted(_interrupted_message(run, config, resume))
     return trainer
-
-
-def _read_metrics(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _interrupted_message(run: RunDir, config: TrainConfig, resume: bool) -> str:
