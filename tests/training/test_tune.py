@@ -87,14 +87,19 @@ def test_a_killed_tune_continues_where_it_stopped(store: PatchStore, tmp_path: P
     )
     db, deadline, states = out / "study.db", time.monotonic() + 120, []
     try:
-        while time.monotonic() < deadline:  # wait for one finished trial and a second one under way
+        # wait for one finished trial and a second one under way that has drawn its parameters
+        running_params = (
+            "select count(*) from trial_params p join trials t using (trial_id) where t.state = 'RUNNING'"
+        )
+        while time.monotonic() < deadline:
             if db.is_file():
                 try:
                     with sqlite3.connect(db) as con:
                         states = [s for (s,) in con.execute("select state from trials order by number")]
+                        drawn = con.execute(running_params).fetchone()[0]
                 except sqlite3.Error:
-                    states = []
-                if states.count("COMPLETE") + states.count("PRUNED") >= 1 and "RUNNING" in states:
+                    states, drawn = [], 0
+                if states.count("COMPLETE") + states.count("PRUNED") >= 1 and "RUNNING" in states and drawn:
                     break
             time.sleep(0.2)
         assert "RUNNING" in states, states
@@ -115,3 +120,17 @@ def test_a_killed_tune_continues_where_it_stopped(store: PatchStore, tmp_path: P
     ]
     assert retried, "the killed trial's parameters are tried again"
     assert (out / "best.yaml").is_file() and set(SEARCH_SPACE) >= {"lr", "dropout"}
+
+
+def test_recover_queues_only_trials_that_drew_parameters() -> None:
+    from histoscan.training.tune import _recover
+
+    study = optuna.create_study(direction="maximize")
+    study.ask()  # killed before drawing anything
+    drawn = study.ask()
+    drawn.suggest_float("lr", 1e-5, 1e-3, log=True)
+    assert _recover(study, optuna) == (2, 1)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 2
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == drawn.params  # enqueued as is

@@ -79,13 +79,19 @@ def _fold_auc(run: Path, store: Any) -> float:
     return float("nan") if auc is None else float(auc)
 
 
-def _recover(study: Any, optuna: Any) -> int:
-    """Fail the trials a killed tune left RUNNING and enqueue their parameters again; returns how many."""
+def _recover(study: Any, optuna: Any) -> tuple[int, int]:
+    """Fail the trials a killed tune left RUNNING and enqueue their parameters again.
+
+    Returns (failed, queued): a trial killed before it drew its parameters has nothing to try again.
+    """
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    queued = 0
     for t in stale:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=False)
-    return len(stale)
+        if t.params:
+            study.enqueue_trial(t.params, skip_if_exists=False)
+            queued += 1
+    return len(stale), queued
 
 
 def tune(
@@ -147,9 +153,14 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=config.seed),
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
-    recovered = _recover(study, optuna)
-    if echo is not None and recovered:
-        echo(f"tune: continuing {db}: {recovered} unfinished trial(s) marked failed and queued again")
+    failed, queued = _recover(study, optuna)
+    if echo is not None and failed:
+        again = (
+            "and queued again"
+            if queued == failed
+            else f"({queued} queued again; the others had no parameters yet)"
+        )
+        echo(f"tune: continuing {db}: {failed} unfinished trial(s) marked failed {again}")
     store = resolve_store(config.data, image_size=config.image_size, fit=config.fit, skip_bad=config.skip_bad)
 
     def objective(trial: Any) -> float:
