@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histoscan.cli.cv import parse_folds
 from histoscan.config import config_from_options
 from histoscan.data.splits import make_folds
 from histoscan.data.store import resolve_store
@@ -147,13 +148,17 @@ def table(name: str, results: dict[str, dict], command: str, unit: str) -> str:
     ]
     for recipe, r in results.items():
         s, d = r["summary"], r.get("paired")
+        label = recipe
+        if "folds" in r:  # a screen: its own patches, and the seed's AUC on exactly those
+            seed = f"; seed there {d['auc']['b']:.3f}" if d is not None and "b" in d["auc"] else ""
+            label = f"{recipe} (screen: fold {','.join(map(str, r['folds']))}, {s['n']} patches{seed})"
         diff = (
             "–"
             if d is None
             else f"{d['auc']['diff']:+.3f} [{d['auc']['ci95'][0]:+.3f}, {d['auc']['ci95'][1]:+.3f}]"
         )
         lines.append(
-            f"| {recipe} | {_ci(s['auc'], s['auc_ci'])} | {_ci(s['balanced_accuracy'], s['balanced_accuracy_ci'])} "
+            f"| {label} | {_ci(s['auc'], s['auc_ci'])} | {_ci(s['balanced_accuracy'], s['balanced_accuracy_ci'])} "
             f"| {_ci(s['f1'], s['f1_ci'])} | {diff} | {r['minutes']:.0f} min |"
         )
     lines += ["", f"Command: `{command}`", ""]
@@ -172,6 +177,12 @@ def main() -> int:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--tta", type=int, default=8)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--use-folds",
+        metavar="K,K",
+        help="screen: run the network recipes on these folds of the split only (paired with the seed on the same "
+        "patches; the table says so)",
+    )
     ap.add_argument("--markdown", help="file whose `compare NAME` block is replaced by the table")
     ap.add_argument(
         "--keep",
@@ -184,7 +195,7 @@ def main() -> int:
     recipes = {name: RECIPES.get(name, {}) for name in args.recipes.split(",") if name}
     for spec in args.extra:
         name, _, fields = spec.partition(":")
-        recipes[name] = dict(kv.split("=", 1) for kv in fields.split(",") if kv)
+        recipes[name] = parse_fields(fields)
     results: dict[str, dict] = {}
     keep = Path(args.keep) / args.name if args.keep else None
     for name, fields in recipes.items():
@@ -192,11 +203,16 @@ def main() -> int:
         print(f"== {name}", flush=True)
         setup = {"recipe": fields, "folds": args.folds, "epochs": args.epochs, "patience": args.patience,
                  "tta": args.tta, "seed": args.seed}  # fmt: skip
+        use_folds = parse_folds(args.use_folds) if name != "floor" else None
+        if use_folds is not None:
+            setup["use_folds"] = use_folds
         kept = _kept(keep, name, setup)
         if kept is not None:
             rows, minutes = kept
             print(f"   reusing {keep / name}.csv (same recipe and settings)", flush=True)
             results[name] = {"summary": summarise(rows), "minutes": minutes, "rows": rows}
+            if use_folds is not None:
+                results[name]["folds"] = use_folds
             continue
         if name == "floor":
             rows = floor_cv(args.data, out / name, args.folds, args.seed)
@@ -206,13 +222,20 @@ def main() -> int:
                       "seed": args.seed}  # fmt: skip
             cfg = config_from_options(values)
             cv = crossval(
-                cfg, folds=args.folds, tta=args.tta, resume=True, echo=lambda line: print(line, flush=True)
+                cfg,
+                folds=args.folds,
+                tta=args.tta,
+                resume=True,
+                echo=lambda line: print(line, flush=True),
+                use_folds=use_folds,
             )
             rows = read_rows(out / name / "predictions.csv")
             t0 = time.perf_counter() - sum(
                 f["seconds"] for f in cv["per_fold"]
             )  # kept folds' time counts too
         results[name] = {"summary": summarise(rows), "minutes": (time.perf_counter() - t0) / 60, "rows": rows}
+        if use_folds is not None:
+            results[name]["folds"] = use_folds
         if keep is not None:
             _keep(keep, name, setup, rows, results[name]["minutes"])
     if BASELINE in results:
@@ -225,7 +248,12 @@ def main() -> int:
         if all(r["group"] for r in next(iter(results.values()))["rows"])
         else "patches (no slide ids)"
     )
-    block = table(args.name, results, command, unit)
+    block = table(
+        args.name + (f" screen (folds {args.use_folds} of {args.folds})" if args.use_folds else ""),
+        results,
+        command,
+        unit,
+    )
     summary = {k: {kk: vv for kk, vv in v.items() if kk != "rows"} for k, v in results.items()}
     summary["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -234,7 +262,10 @@ def main() -> int:
     if args.markdown:
         path = Path(args.markdown)
         text = path.read_text() if path.is_file() else ""
-        begin, end = f"<!-- BEGIN compare {args.name} -->", f"<!-- END compare {args.name} -->"
+        block_name = args.name + (
+            " screen" if args.use_folds else ""
+        )  # a screen never replaces the full table
+        begin, end = f"<!-- BEGIN compare {block_name} -->", f"<!-- END compare {block_name} -->"
         new = f"{begin}\n{block}\n{end}"
         text = (
             text[: text.index(begin)] + new + text[text.index(end) + len(end) :]
@@ -245,14 +276,35 @@ def main() -> int:
     return 0
 
 
+def parse_fields(text: str) -> dict[str, str]:
+    """`k=v,k=v` with list values allowed: `augment=d4,hed,precise_bn=20` keeps `d4,hed` together."""
+    fields: dict[str, str] = {}
+    last = None
+    for part in (p for p in text.split(",") if p):
+        if "=" in part:
+            last, value = part.split("=", 1)
+            fields[last] = value
+        elif last is None:
+            raise SystemExit(f"--extra: {part!r} is not field=value")
+        else:
+            fields[last] += "," + part
+    return fields
+
+
 def _kept(keep: Path | None, name: str, setup: dict) -> tuple[list[dict[str, str]], float] | None:
-    """The kept predictions of `name` when they were made with the same recipe and settings."""
+    """The kept predictions of `name` made with the same recipe and settings; for a screen (`use_folds`), a kept
+    full cross-validation with otherwise the same settings serves too, restricted to those folds."""
     if keep is None or not (keep / f"{name}.csv").is_file() or not (keep / f"{name}.json").is_file():
         return None
     info = json.loads((keep / f"{name}.json").read_text())
-    if info.get("setup") != json.loads(json.dumps(setup)):
+    saved, wanted = info.get("setup") or {}, json.loads(json.dumps(setup))
+    folds = wanted.pop("use_folds", None)
+    if saved == {**wanted, **({"use_folds": folds} if folds is not None else {})}:
+        return read_rows(keep / f"{name}.csv"), float(info.get("minutes", 0.0))
+    if folds is None or "use_folds" in saved or saved != wanted:
         return None
-    return read_rows(keep / f"{name}.csv"), float(info.get("minutes", 0.0))
+    rows = [r for r in read_rows(keep / f"{name}.csv") if int(r["fold"]) in folds]
+    return rows, float(info.get("minutes", 0.0)) * len(folds) / int(saved["folds"])
 
 
 def _keep(keep: Path, name: str, setup: dict, rows: list[dict[str, str]], minutes: float) -> None:

@@ -139,3 +139,12 @@ def test_rgba_and_grey_images_train(tmp_path, capsys):
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
     assert meta["n"] == 24 and meta["size"] == 40
     assert any("alpha" in k for k in json.dumps(meta["notes"]).split('"'))
+
+
+@pytest.mark.parametrize("command", ["cv", "tune"])
+def test_use_folds_that_are_not_numbers(command, tmp_path, idc_root, capsys):
+    data = _folder(tmp_path / "d", idc_root)
+    args = [command, "--data", str(data), "--out", str(tmp_path / "o"), "--use-folds", "0,x", "--epochs", "1"]
+    code, err = _run(args, capsys)
+    _assert_one_line(code, err, "--use-folds 0,x", "fold numbers")
+    assert not (tmp_path / "o").exists()

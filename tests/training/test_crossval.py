@@ -103,3 +103,25 @@ def test_cv_resume_keeps_finished_folds(small_idc: Path, tmp_path: Path):
     said.clear()
     crossval(changed, folds=3, echo=said.append, resume=True)
     assert not [line for line in said if "kept" in line]
+
+
+def test_cv_use_folds_runs_only_those_folds_of_the_same_split(small_idc: Path, tmp_path: Path):
+    cfg = TrainConfig(
+        data=str(small_idc), out=str(tmp_path / "all"), epochs=1, batch_size=16, limit_batches=2
+    )
+    full = crossval(cfg, folds=3)
+    screen = crossval(dataclasses.replace(cfg, out=str(tmp_path / "one")), folds=3, use_folds=[1])
+    assert screen["use_folds"] == [1] and full["use_folds"] == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "one").glob("fold-*")) == ["fold-1"]
+    with (tmp_path / "all" / "predictions.csv").open() as f:
+        fold1 = {r["id"]: r for r in csv.DictReader(f) if r["fold"] == "1"}
+    with (tmp_path / "one" / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["id"] for r in rows} == set(fold1)  # the same held-out patients as fold 1 of the full split
+    assert screen["pooled"]["n"] == len(fold1) < full["pooled"]["n"]
+    for r in rows:  # same seed, same fold, same data: the same run, so the same scores
+        assert float(r["probability"]) == pytest.approx(float(fold1[r["id"]]["probability"]), abs=1e-4)
+    from histoscan.errors import HistoscanInputError
+
+    with pytest.raises(HistoscanInputError, match=r"--use-folds \[3\]: need fold numbers in 0..2"):
+        crossval(dataclasses.replace(cfg, out=str(tmp_path / "bad")), folds=3, use_folds=[3])

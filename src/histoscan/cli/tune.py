@@ -32,14 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or continue) the study; one line per trial, then the best configuration."""
+    from histoscan.cli.cv import parse_folds
     from histoscan.cli.train import config_from_args
-    from histoscan.errors import HistoscanInputError
     from histoscan.training.tune import tune
 
-    try:
-        use_folds = [int(k) for k in args.use_folds.split(",") if k.strip()]
-    except ValueError:
-        raise HistoscanInputError(f"--use-folds {args.use_folds}: give fold numbers such as 0,1") from None
+    use_folds = parse_folds(args.use_folds)
     r = tune(
         config_from_args(args),
         args.out,

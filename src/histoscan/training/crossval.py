@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +36,28 @@ def crossval(
     force: bool = False,
     echo: Echo | None = None,
     resume: bool = False,
+    use_folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate `folds` runs in OUT/fold-<i>; write OUT/cv.json and OUT/predictions.csv.
 
     Each fold's threshold is its own run's (chosen on that run's validation patients); the pooled metrics use the
     pooled per-patch decisions, so no threshold is ever fitted on test patients. `echo` receives a line per
     fold start and result (and the folds' training lines). With `resume`, folds already trained and evaluated
-    with the same configuration are kept (a stopped cross-validation continues where it stopped).
+    with the same configuration are kept (a stopped cross-validation continues where it stopped). `use_folds`
+    runs only those folds of the `folds`-fold split (a cheaper screen; pooled figures cover their patches only).
     """
     config.validate()
     if folds < 2:
         raise HistoscanInputError(f"--folds {folds}: must be at least 2")
+    chosen = list(range(folds)) if use_folds is None else sorted(set(use_folds))
+    if not chosen or any(not 0 <= k < folds for k in chosen):
+        raise HistoscanInputError(f"--use-folds {list(use_folds or [])}: need fold numbers in 0..{folds - 1}")
     out = Path(config.out).expanduser() if resume else guard_output(config.out, force, "folder", "--out")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     per_fold: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for k in range(folds):
+    for k in chosen:
         cfg = dataclasses.replace(config, out=str(out / f"fold-{k}"), folds=folds, fold=k)
         t = time.perf_counter()
         run, eval_dir = Path(cfg.out), RunDir(cfg.out).eval_dir(config.data)
@@ -95,6 +101,7 @@ def crossval(
     _pooled_decisions(pooled, y, np.array([int(r["decision"]) for r in rows]), groups)
     result = {
         "folds": folds,
+        "use_folds": chosen,
         "tta": tta,
         "seconds": round(time.perf_counter() - t0, 1),
         "config": config.to_dict(),
