@@ -193,10 +193,15 @@ def main() -> int:
     )
     args = ap.parse_args()
     out = Path(args.out)
-    recipes = {name: RECIPES.get(name, {}) for name in args.recipes.split(",") if name}
-    for spec in args.extra:
-        name, _, fields = spec.partition(":")
-        recipes[name] = parse_fields(fields)
+    extras = {name: parse_fields(fields) for name, _, fields in (spec.partition(":") for spec in args.extra)}
+    recipes: dict[str, dict[str, object]] = {}
+    for name in (n for n in args.recipes.split(",") if n):  # in this order; an --extra may be named here too
+        if name not in RECIPES and name not in extras and name != "floor":
+            raise SystemExit(
+                f"--recipes {name}: unknown (known: floor, {', '.join(RECIPES)}; or give it --extra)"
+            )
+        recipes[name] = extras.get(name, RECIPES.get(name, {}))
+    recipes.update((name, fields) for name, fields in extras.items() if name not in recipes)
     results: dict[str, dict] = {}
     keep = Path(args.keep) / args.name if args.keep else None
     for name, fields in recipes.items():

@@ -101,9 +101,10 @@ class TrainConfig:
         "plateau", "learning-rate schedule: halve on a validation plateau, cosine decay, or one-cycle",
         choices=("plateau", "cosine", "onecycle"),
     )  # fmt: skip
-    warmup_epochs: float = _opt(
-        0.0,
-        "linear warm-up of the learning rate, in epochs (cosine and onecycle)",
+    warmup_epochs: float | None = _opt(
+        None,
+        "linear warm-up of the learning rate, in epochs (cosine and onecycle; default 1 with those, none with "
+        "plateau)",
         type=float,
         low=0,
         high=1000,
@@ -156,6 +157,8 @@ class TrainConfig:
     skip_bad: bool = _opt(False, "skip unreadable images (counted in the store's meta.json)")
 
     def __post_init__(self) -> None:
+        if self.warmup_epochs is None:  # resolved here, so config.yaml records the warm-up that was used
+            self.warmup_epochs = 0.0 if self.schedule == "plateau" else 1.0
         self.validate()
 
     def validate(self) -> None:

@@ -49,7 +49,15 @@ def test_cutmix_target_is_the_pasted_share() -> None:
 
 def test_warmup_needs_a_step_schedule() -> None:
     with pytest.raises(HistoscanInputError, match="--warmup-epochs 1.0: needs --schedule cosine or onecycle"):
-        TrainConfig(warmup_epochs=1.0)
+        TrainConfig(schedule="plateau", warmup_epochs=1.0)
+
+
+def test_warmup_left_unset_is_one_epoch_for_step_schedules_and_none_for_plateau() -> None:
+    assert TrainConfig(schedule="plateau").warmup_epochs == 0.0
+    assert TrainConfig(schedule="cosine").warmup_epochs == TrainConfig(schedule="onecycle").warmup_epochs == 1.0
+    assert TrainConfig(schedule="onecycle", warmup_epochs=0.0).warmup_epochs == 0.0  # an explicit 0 is kept
+    saved = TrainConfig(schedule="cosine").to_dict()
+    assert TrainConfig.from_dict(saved).warmup_epochs == 1.0  # config.yaml records the warm-up that was used
 
 
 @pytest.fixture(scope="module")
