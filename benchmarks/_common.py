@@ -36,3 +36,16 @@ def run_timed(cmd: list[str]) -> tuple[float, Any, str, str]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {shlex.join(cmd)}\n{stdout}{stderr}")
     return wall, usage, stdout, stderr
+
+
+def replace_block(path: str | Path, key: str, block: str) -> None:
+    """Put `block` between `<!-- BEGIN key -->` and `<!-- END key -->` in the markdown file (appended if absent)."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    begin, end = f"<!-- BEGIN {key} -->", f"<!-- END {key} -->"
+    new = f"{begin}\n{block}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + new + text[text.index(end) + len(end) :]
+    else:
+        text = text + "\n" + new + "\n"
+    path.write_text(text)

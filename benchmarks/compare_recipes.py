@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import replace_block
 
 from histoscan.cli.cv import parse_folds
 from histoscan.config import config_from_options
@@ -269,20 +270,8 @@ def main() -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "table.md").write_text(block)
     print(block)
-    if args.markdown:
-        path = Path(args.markdown)
-        text = path.read_text() if path.is_file() else ""
-        block_name = args.name + (
-            " screen" if args.use_folds else ""
-        )  # a screen never replaces the full table
-        begin, end = f"<!-- BEGIN compare {block_name} -->", f"<!-- END compare {block_name} -->"
-        new = f"{begin}\n{block}\n{end}"
-        text = (
-            text[: text.index(begin)] + new + text[text.index(end) + len(end) :]
-            if begin in text
-            else text + "\n" + new + "\n"
-        )
-        path.write_text(text)
+    if args.markdown:  # a screen has its own block: it never replaces the full table
+        replace_block(args.markdown, f"compare {args.name}" + (" screen" if args.use_folds else ""), block)
     return 0
 
 

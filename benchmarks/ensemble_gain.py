@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import replace_block
 from compare_recipes import TEXT, _number, parse_fields
 
 from histoscan.config import config_from_options
@@ -111,16 +112,7 @@ def main() -> int:
     block = table(args, single_eval, ens_eval, diff, result["minutes"], len(ids))
     print(block)
     if args.markdown:
-        path = Path(args.markdown)
-        text = path.read_text() if path.is_file() else ""
-        begin, end = f"<!-- BEGIN ensemble {args.name} -->", f"<!-- END ensemble {args.name} -->"
-        new = f"{begin}\n{block}\n{end}"
-        text = (
-            text[: text.index(begin)] + new + text[text.index(end) + len(end) :]
-            if begin in text
-            else text + "\n" + new + "\n"
-        )
-        path.write_text(text)
+        replace_block(args.markdown, f"ensemble {args.name}", block)
     return 0
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_recipes.py"
+sys.path.insert(0, str(_PATH.parent))  # as when run as a script: its siblings (_common) import
 _spec = importlib.util.spec_from_file_location("compare_recipes", _PATH)
 compare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compare)
@@ -44,3 +46,17 @@ def test_kept_full_run_serves_a_screen_of_its_folds_but_not_the_reverse(tmp_path
     assert saved["setup"]["use_folds"] == [0]
     with (tmp_path / "screen.csv").open() as f:
         assert list(csv.DictReader(f))[0]["fold"] == "0"
+
+
+def test_replace_block_replaces_only_its_own_block(tmp_path: Path):
+    from _common import replace_block
+
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\nprose\n")
+    replace_block(doc, "compare a", "table A1")
+    replace_block(doc, "compare a screen", "screen A")
+    replace_block(doc, "compare a", "table A2")
+    text = doc.read_text()
+    assert text.startswith("# Results\nprose\n")
+    assert "table A1" not in text and text.count("table A2") == 1 and text.count("screen A") == 1
+    assert text.index("<!-- BEGIN compare a -->") < text.index("table A2") < text.index("<!-- END compare a -->")
