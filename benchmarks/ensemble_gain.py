@@ -110,6 +110,7 @@ def main() -> int:
         "single": round((t1 - t0) / 60, 1), "ensemble": round((t2 - t1) / 60, 1)}, "args": vars(args)}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
     block = table(args, single_eval, ens_eval, diff, result["minutes"], len(ids))
+    (out / "table.md").write_text(block)
     print(block)
     if args.markdown:
         replace_block(args.markdown, f"ensemble {args.name}", block)

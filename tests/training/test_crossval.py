@@ -99,7 +99,7 @@ def test_cv_resume_keeps_finished_folds(small_idc: Path, tmp_path: Path):
     for k, mtime in kept.items():
         assert (tmp_path / "cv" / f"fold-{k}" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == mtime
     assert again["pooled"]["n"] == first["pooled"]["n"] == 144
-    changed = dataclasses.replace(cfg, lr=1e-3)  # another configuration: nothing is kept
+    changed = dataclasses.replace(cfg, lr=cfg.lr / 2)  # another configuration: nothing is kept
     said.clear()
     crossval(changed, folds=3, echo=said.append, resume=True)
     assert not [line for line in said if "kept" in line]

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -82,18 +83,60 @@ def test_end_to_end_run_folder(idc_store: Path, tmp_path: Path):
     assert TrainConfig.load(run / "config.yaml") == _cfg(idc_store, tmp_path / "run")
 
 
-def test_resume_matches_uninterrupted_run(idc_store: Path, tmp_path: Path):
-    full = train(_cfg(idc_store, tmp_path / "full", epochs=3, limit_batches=2, patience=10))
-    part = train(_cfg(idc_store, tmp_path / "part", epochs=2, limit_batches=2, patience=10))
-    resumed = train(_cfg(idc_store, tmp_path / "part", epochs=3), resume=True)
-    a = torch.load(full / "checkpoints/last.ckpt", weights_only=False)
-    b = torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 2
+def _same_weights(a_run: Path, b_run: Path) -> None:
+    a = torch.load(a_run / "checkpoints/last.ckpt", weights_only=False)
+    b = torch.load(b_run / "checkpoints/last.ckpt", weights_only=False)
+    assert a["epoch"] == b["epoch"]
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=k)
+
+
+def test_resume_with_more_epochs_matches_uninterrupted_run_on_plateau(idc_store: Path, tmp_path: Path):
+    kw = dict(limit_batches=2, patience=10, schedule="plateau")
+    full = train(_cfg(idc_store, tmp_path / "full", epochs=3, **kw))
+    part = train(_cfg(idc_store, tmp_path / "part", epochs=2, **kw))
+    resumed = train(_cfg(idc_store, tmp_path / "part", epochs=3, schedule="plateau"), resume=True)
+    _same_weights(full, resumed)
     ra, rb = _rows(full / "metrics.csv"), _rows(part / "metrics.csv")
     assert [r["epoch"] for r in rb] == ["0", "1", "2"]
     assert [r["val_auc"] for r in ra] == [r["val_auc"] for r in rb]
+
+
+class _StopAfter(L.Callback):
+    """Ends the run after `epochs` epochs, as an interruption would (last.ckpt written)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_interrupted_one_cycle_run_resumes_exactly(idc_store: Path, tmp_path: Path):
+    """The default one-cycle schedule spans --epochs: a run stopped early and resumed equals one never stopped."""
+    cfg = _cfg(idc_store, tmp_path / "full", epochs=3, limit_batches=2, patience=10, schedule="onecycle")
+    full = train(cfg)
+    part_cfg = _cfg(idc_store, tmp_path / "part", epochs=3, limit_batches=2, patience=10, schedule="onecycle")
+    part = train(part_cfg, callbacks=[_StopAfter(2)])
+    assert [r["epoch"] for r in _rows(part / "metrics.csv")] == ["0", "1"]
+    resumed = train(part_cfg, resume=True)
+    _same_weights(full, resumed)
+    assert [r["lr"] for r in _rows(full / "metrics.csv")] == [r["lr"] for r in _rows(part / "metrics.csv")]
+
+
+def test_one_cycle_resumed_with_more_epochs_follows_the_longer_cycle(idc_store: Path, tmp_path: Path):
+    """`--resume --epochs 4` after a 2-epoch one-cycle run re-plans the cycle for 4 epochs (no error past its
+    old end): from epoch 3 on the learning rate is the 4-epoch run's."""
+    kw = dict(limit_batches=2, patience=10, schedule="onecycle")
+    full = train(_cfg(idc_store, tmp_path / "full", epochs=4, **kw))
+    part = train(_cfg(idc_store, tmp_path / "part", epochs=2, **kw))
+    first = [float(r["lr"]) for r in _rows(part / "metrics.csv")]
+    train(_cfg(idc_store, tmp_path / "part", epochs=4, **kw), resume=True)
+    lr_full = [float(r["lr"]) for r in _rows(full / "metrics.csv")]
+    lr_part = [float(r["lr"]) for r in _rows(part / "metrics.csv")]
+    assert len(lr_part) == 4 and lr_part[:2] == first
+    assert lr_part[2:] == pytest.approx(lr_full[2:], rel=1e-6)
 
 
 def test_existing_run_needs_force(idc_store: Path, tmp_path: Path, capsys):

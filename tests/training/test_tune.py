@@ -87,7 +87,7 @@ def test_a_killed_tune_continues_where_it_stopped(store: PatchStore, tmp_path: P
     )
     db, deadline, states = out / "study.db", time.monotonic() + 120, []
     try:
-        # wait for one finished trial and a second one under way that has drawn its parameters
+        # wait for one finished trial and a second one under way that has drawn both its parameters
         running_params = (
             "select count(*) from trial_params p join trials t using (trial_id) where t.state = 'RUNNING'"
         )
@@ -99,7 +99,8 @@ def test_a_killed_tune_continues_where_it_stopped(store: PatchStore, tmp_path: P
                         drawn = con.execute(running_params).fetchone()[0]
                 except sqlite3.Error:
                     states, drawn = [], 0
-                if states.count("COMPLETE") + states.count("PRUNED") >= 1 and "RUNNING" in states and drawn:
+                done = states.count("COMPLETE") + states.count("PRUNED")
+                if done >= 1 and "RUNNING" in states and drawn >= 2:  # both searched parameters drawn
                     break
             time.sleep(0.2)
         assert "RUNNING" in states, states

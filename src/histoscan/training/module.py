@@ -43,6 +43,7 @@ class PatchModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = TrainConfig.from_dict(config)
         self.classifier = build_classifier(self.cfg)
+        self._cycle: tuple[int, float] | None = None  # one-cycle plan (total steps, warm-up share)
         for (
             param
         ) in self.classifier.parameters():  # channels_last for 4-D weights (P4M's 5-D ones stay as they are)
@@ -104,6 +105,17 @@ class PatchModule(L.LightningModule):
         if stain is not None and hasattr(stain, "report") and self.trainer.is_global_zero:
             stain.report("training patches this epoch")  # one line per epoch, not one per batch
 
+    def on_train_start(self) -> None:
+        # `--resume --epochs N` with another N: Lightning restores OneCycleLR's state, horizon included, which would
+        # stop the cycle early or raise past its end. Re-plan it for this run's length (cosine's LambdaLR is, by
+        # construction); a run resumed with its own --epochs keeps the same plan, so it matches an uninterrupted one.
+        sched = self.lr_schedulers() if self._cycle is not None else None
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps != self._cycle[0]:
+            total, pct = self._cycle
+            phases = sched._schedule_phases  # no public API re-plans a OneCycleLR; its state is these fields
+            phases[0]["end_step"], phases[-1]["end_step"] = float(pct * total) - 1, float(total) - 1
+            sched.total_steps = total
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
@@ -115,11 +127,15 @@ class PatchModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = min(total - 1, int(round(self.cfg.warmup_epochs * per_epoch)))
-        if self.cfg.schedule == "onecycle":
-            pct = warmup / total if warmup else 0.3
+        if self.cfg.schedule == "onecycle" and total >= 3:
+            # OneCycleLR divides by each phase's length: both need at least a step (warm-up >= 2 steps < total)
+            rise = min(max(warmup or round(0.3 * total), 2), total - 1)
+            self._cycle = total, rise / total  # this run's plan, for on_train_start
             sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=self.cfg.lr, total_steps=total, pct_start=pct
+                opt, max_lr=self.cfg.lr, total_steps=total, pct_start=rise / total
             )
+        elif self.cfg.schedule == "onecycle":  # a smoke run of 1-2 steps has no cycle: constant rate
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_factor(step, warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
