@@ -275,6 +275,7 @@ def main() -> int:
     )
     summary = {k: {kk: vv for kk, vv in v.items() if kk != "rows"} for k, v in results.items()}
     summary["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
+    out.mkdir(parents=True, exist_ok=True)  # also when every recipe was reused
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "table.md").write_text(block)
     print(block)
