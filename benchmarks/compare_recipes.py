@@ -29,7 +29,7 @@ import numpy as np
 from _common import replace_block
 
 from histoscan.cli.cv import parse_folds
-from histoscan.config import config_from_options
+from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.splits import make_folds
 from histoscan.data.store import resolve_store
 from histoscan.evaluation.compare import paired_bootstrap
@@ -218,12 +218,9 @@ def main() -> int:
         print(f"== {name}", flush=True)
         setup = {"recipe": fields, "folds": args.folds, "epochs": args.epochs, "patience": args.patience,
                  "tta": args.tta, "seed": args.seed}  # fmt: skip
-        cfg = None
         if name != "floor":  # a recipe's own fields (e.g. keras-seed's epochs) override the shared settings
-            own = {k: _number(v) if isinstance(v, str) and k not in TEXT else v for k, v in fields.items()}
-            shared = {"data": args.data, "out": str(out / name), "epochs": args.epochs, "patience": args.patience,
-                      "seed": args.seed}  # fmt: skip
-            cfg = config_from_options({**shared, **own})
+            cfg = recipe_config(fields, data=args.data, out=str(out / name), epochs=args.epochs,
+                                patience=args.patience, seed=args.seed)  # fmt: skip
             # the resolved configuration, so kept predictions of `default` go stale when the defaults change
             setup["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out")}
         use_folds = parse_folds(args.use_folds) if name != "floor" else None
@@ -233,12 +230,9 @@ def main() -> int:
         if kept is not None:
             rows, minutes = kept
             print(f"   reusing {keep / name}.csv (same recipe and settings)", flush=True)
-            results[name] = {"summary": summarise(rows), "minutes": minutes, "rows": rows}
-            if use_folds is not None:
-                results[name]["folds"] = use_folds
-            continue
-        if name == "floor":
+        elif name == "floor":
             rows = floor_cv(args.data, out / name, args.folds, args.seed)
+            minutes = (time.perf_counter() - t0) / 60
         else:
             cv = crossval(
                 cfg,
@@ -249,14 +243,12 @@ def main() -> int:
                 use_folds=use_folds,
             )
             rows = read_rows(out / name / "predictions.csv")
-            t0 = time.perf_counter() - sum(
-                f["seconds"] for f in cv["per_fold"]
-            )  # kept folds' time counts too
-        results[name] = {"summary": summarise(rows), "minutes": (time.perf_counter() - t0) / 60, "rows": rows}
+            minutes = sum(f["seconds"] for f in cv["per_fold"]) / 60  # kept folds' time counts too
+        results[name] = {"summary": summarise(rows), "minutes": minutes, "rows": rows}
         if use_folds is not None:
             results[name]["folds"] = use_folds
-        if keep is not None:
-            _keep(keep, name, setup, rows, results[name]["minutes"])
+        if keep is not None and kept is None:
+            _keep(keep, name, setup, rows, minutes)
     if BASELINE in results:
         for name, r in results.items():
             if name != BASELINE:
@@ -282,6 +274,13 @@ def main() -> int:
     if args.markdown:  # a screen has its own block: it never replaces the full table
         replace_block(args.markdown, f"compare {args.name}" + (" screen" if args.use_folds else ""), block)
     return 0
+
+
+def recipe_config(fields: dict[str, object], **shared: object) -> TrainConfig:
+    """The TrainConfig of a recipe: `shared` settings, overridden by the recipe's own fields (text from --extra is
+    converted to numbers except for the text-valued fields)."""
+    own = {k: _number(v) if isinstance(v, str) and k not in TEXT else v for k, v in fields.items()}
+    return config_from_options({**shared, **own})
 
 
 def parse_fields(text: str) -> dict[str, str]:

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 from _common import replace_block
-from compare_recipes import TEXT, _number, parse_fields
+from compare_recipes import parse_fields, recipe_config
 
-from histoscan.config import config_from_options
 from histoscan.data.detect import detect_source
 from histoscan.data.splits import make_folds
 from histoscan.evaluation.compare import paired_bootstrap
@@ -82,13 +81,13 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     inner, outer = write_manifests(args.data, out, args.folds, args.fold, args.seed)
-    own = {k: _number(v) if k not in TEXT else v for k, v in parse_fields(args.recipe).items()}
+    fields = parse_fields(args.recipe)
     base = {"data": str(inner), "epochs": args.epochs, "patience": args.patience, "seed": args.seed}
     t0 = time.perf_counter()
-    single = train(config_from_options({**base, **own, "out": str(out / "single")}), force=True)
+    single = train(recipe_config(fields, **base, out=str(out / "single")), force=True)
     single_eval = evaluate(single, outer, out=out / "single-eval", tta=args.tta, force=True)
     t1 = time.perf_counter()
-    crossval(config_from_options({**base, **own, "out": str(out / "cv")}), folds=args.inner, tta=args.tta,
+    crossval(recipe_config(fields, **base, out=str(out / "cv")), folds=args.inner, tta=args.tta,
              resume=True, echo=lambda line: print(line, flush=True))  # fmt: skip
     ens_eval = evaluate(out / "cv", outer, out=out / "cv-eval", tta=args.tta, force=True)
     t2 = time.perf_counter()
