@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from run_fixtures import make_run
+from tolerance import f32_tol, prob_tol
 
 from histoscan import __version__
 from histoscan.cli import main
@@ -67,8 +68,8 @@ def test_parity_on_real_patches_with_dynamic_batch(
     five = backend(images)
     ones = np.concatenate([backend(images[i : i + 1]) for i in range(5)])
     assert five.shape == (5,) and five.dtype == np.float32
-    assert np.abs(five - ref).max() <= 1e-4
-    assert np.abs(ones - ref).max() <= 1e-4
+    assert np.abs(five - ref).max() <= f32_tol(ref)
+    assert np.abs(ones - ref).max() <= f32_tol(ref)
     assert np.ptp(ref) > 1e-3  # the images are told apart, so the comparison means something
 
 
@@ -80,7 +81,7 @@ def test_graph_takes_uint8_nhwc_and_returns_logits_and_probabilities(exported: d
     assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
     x = np.random.default_rng(3).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
     logits, probs = session.run(None, {"images": x})
-    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=0, atol=prob_tol(logits, terms=4))
 
 
 def test_metadata_is_present_and_correct(exported: dict[str, Path]) -> None:
@@ -117,7 +118,10 @@ def test_load_onnx_model_matches_torch_model(runs: dict[str, Path], exported: di
     torch_model = load_predictor(runs["simple-cnn"])
     x = np.random.default_rng(4).integers(0, 256, (7, SIZE, SIZE, 3), dtype=np.uint8)
     np.testing.assert_allclose(
-        onnx_model.predict_proba(x, batch_size=3), torch_model.predict_proba(x), atol=1e-5
+        onnx_model.predict_proba(x, batch_size=3),
+        torch_model.predict_proba(x),
+        rtol=0,
+        atol=prob_tol(torch_model.predict_logits(x)),
     )
     card = onnx_model.card
     assert (card.image_size, card.mpp, card.threshold) == (SIZE, 0.972, 0.37)
@@ -177,7 +181,7 @@ def test_stain_normalisation_is_exported_in_the_graph(idc_root: Path, tmp_path: 
     path = export_onnx(run, tmp_path / "stain.onnx", check_images=images)
     assert read_metadata(path)["stain"] == "macenko"
     ref = load_predictor(run).predict_logits(images)
-    assert np.abs(OnnxPredictor(path, threads=1)(images) - ref).max() <= 1e-4
+    assert np.abs(OnnxPredictor(path, threads=1)(images) - ref).max() <= f32_tol(ref, terms=2**14)  # + the filter
     # the normaliser is really in the graph: the same net without it gives other logits
     plain = load_predictor(run).classifier
     plain.stain = None

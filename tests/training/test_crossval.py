@@ -8,7 +8,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from tolerance import prob_tol
 
 from histoscan.config import TrainConfig
 from histoscan.training.crossval import crossval
@@ -120,7 +122,9 @@ def test_cv_use_folds_runs_only_those_folds_of_the_same_split(small_idc: Path, t
     assert {r["id"] for r in rows} == set(fold1)  # the same held-out patients as fold 1 of the full split
     assert screen["pooled"]["n"] == len(fold1) < full["pooled"]["n"]
     for r in rows:  # same seed, same fold, same data: the same run, so the same scores
-        assert float(r["probability"]) == pytest.approx(float(fold1[r["id"]]["probability"]), abs=1e-4)
+        p = float(fold1[r["id"]]["probability"])  # two trainings: many more float32 steps than one forward
+        logit = np.log(max(p, 1e-7) / max(1 - p, 1e-7))
+        assert float(r["probability"]) == pytest.approx(p, abs=5e-7 + prob_tol(logit, terms=2**14))
     from histoscan.errors import HistoscanInputError
 
     with pytest.raises(HistoscanInputError, match=r"--use-folds \[3\]: need fold numbers in 0..2"):
