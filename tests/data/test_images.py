@@ -163,9 +163,23 @@ def test_load_patch_notes_and_list_images(tmp_path: Path) -> None:
     (tmp_path / ".hidden" / "c.png").write_bytes(_png(np.zeros((40, 40, 3), np.uint8)))
     (tmp_path / "notes.txt").write_text("x")
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a.PNG", "sub/b.png"]
-    img, notes = load_patch(tmp_path / "sub" / "b.png", "sub/b.png", 40, "pad")
-    assert img.shape == (40, 40, 3) and notes == ["grey", "padded"]
-    assert load_patch(tmp_path / "a.PNG", "a.PNG", 32, "resize")[1] == ["resized"]
+    img, notes, fitted = load_patch(tmp_path / "sub" / "b.png", "sub/b.png", 40, "pad")
+    assert img.shape == (40, 40, 3) and notes == ["grey", "padded"] and fitted == "padded 40x30 -> 40x40"
+    assert load_patch(tmp_path / "a.PNG", "a.PNG", 32, "resize")[1:] == (
+        ["resized"],
+        "resized 40x40 -> 32x32",
+    )
+    assert load_patch(tmp_path / "a.PNG", "a.PNG", 40, "pad")[1:] == ([], None)
+
+
+def test_fit_note_names_the_change_and_both_sizes() -> None:
+    from histoscan.data.images import fit_note
+
+    assert fit_note(42, 50, 50, "pad") == "padded 50x42 -> 50x50"
+    assert fit_note(96, 96, 50, "pad") == "cropped 96x96 -> 50x50"
+    assert fit_note(30, 60, 50, "pad") == "padded+cropped 60x30 -> 50x50"
+    assert fit_note(50, 50, 96, "resize") == "resized 50x50 -> 96x96"
+    assert fit_note(50, 50, 50, "resize") is None
 
 
 def test_collect_images_files_as_given_folders_expanded(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 from pathlib import Path
@@ -182,3 +183,23 @@ def test_cli_errors_exit_2(setup, idc_root: Path, shared_data: Path, tmp_path: P
             assert "no test rows" in err[0]
         if name == "unlabelled":
             assert "label" in err[0]
+
+
+def test_images_of_another_size_are_reported_per_patch(setup, idc_root: Path, tmp_path: Path) -> None:
+    """Edge patches smaller than 50x50 are padded: predictions.csv says so per patch, the notes count them."""
+    run, _ = setup
+    edge = {
+        "14078_idx5_x1001_y1501_class0": "padded 50x42 -> 50x50",
+        "12877_idx5_x1101_y1401_class0": "padded 50x11 -> 50x50",
+    }
+    whole = [p for p in sorted((idc_root / "images" / "12877").glob("*.png")) if p.stem not in edge][:4]
+    lines = ["path,label,patient"]
+    lines += [f"{idc_root / 'images' / i.split('_')[0] / i}.png,0,{i.split('_')[0]}" for i in edge]
+    lines += [f"{p},{k % 2},12877" for k, p in enumerate(whole)]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    m = evaluate(run, tmp_path / "m.csv", out=tmp_path / "ev", n_boot=0)
+    fitted = {r["id"]: r["fitted"] for r in _predictions(tmp_path / "ev")}
+    assert fitted == {**edge, **{p.stem: "" for p in whole}} and m["n_fitted"] == 2
+    note = "2 of 6 images had another size than the model's 50x50 px and were fitted to it (2 padded)"
+    assert any(n.startswith(note) for n in m["notes"])
+    assert html.escape(note) in (tmp_path / "ev" / "report.html").read_text()

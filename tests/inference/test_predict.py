@@ -70,9 +70,11 @@ def test_predict_csv_on_kaggle_layout_matches_the_model(setup, shared_data: Path
     data = shared_data / "kaggle-hcd-test"
     summary = predict(run, data, tmp_path / "p.csv", batch_size=5)
     rows = _read(tmp_path / "p.csv")
-    assert list(rows[0]) == ["id", "probability", "label"]
+    assert list(rows[0]) == ["id", "probability", "label", "fitted"]
     assert [r["id"] for r in rows] == [r["id"] for r in _read(data / "sample_submission.csv")]
     assert summary["n"] == 18 and summary["threshold"] == 0.48
+    assert [r["fitted"] for r in rows] == ["cropped 96x96 -> 50x50"] * 18 and summary["n_fitted"] == 18
+    assert summary["fitted_note"].startswith("18 of 18 images had another size than the model's 50x50 px")
     # 96 px Kaggle tiles are re-fitted (centre-crop) to the 50 px model, then scored as load_model scores them
     store = resolve_store(data, image_size=50, fit="pad", part="unlabelled")
     want = load_predictor(run).predict_proba(np.array(store.images))
@@ -115,6 +117,24 @@ def test_predict_unlabelled_folder(setup, idc_root: Path, tmp_path: Path) -> Non
         shutil.copy(f, folder / f.name)
     assert main(["predict", str(run), "--data", str(folder), "--out", str(tmp_path / "o.csv")]) == 0
     assert sorted(r["id"] for r in _read(tmp_path / "o.csv")) == sorted(f.stem for f in src)
+    assert {r["fitted"] for r in _read(tmp_path / "o.csv")} == {""}  # all 50x50: nothing fitted
+
+
+def test_predict_says_which_images_were_padded(setup, idc_root: Path, tmp_path: Path) -> None:
+    run, _ = setup
+    folder = tmp_path / "edge"
+    folder.mkdir()
+    for name in ("14078_idx5_x1001_y1501_class0.png", "12877_idx5_x1101_y1401_class0.png"):
+        shutil.copy(idc_root / "images" / name.split("_")[0] / name, folder / name)
+    shutil.copy(sorted((idc_root / "images" / "12877").glob("*.png"))[1], folder / "whole.png")
+    summary = predict(run, folder, tmp_path / "o.csv")
+    fitted = {r["id"]: r["fitted"] for r in _read(tmp_path / "o.csv")}
+    assert fitted == {
+        "14078_idx5_x1001_y1501_class0": "padded 50x42 -> 50x50",
+        "12877_idx5_x1101_y1401_class0": "padded 50x11 -> 50x50",
+        "whole": "",
+    }
+    assert summary["n_fitted"] == 2 and "(2 padded)" in summary["fitted_note"]
 
 
 def _bad_model_run(tmp: Path, run: Path) -> Path:

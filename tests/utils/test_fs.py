@@ -68,3 +68,24 @@ def test_staged_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # not mkdtemp's 0o700
     finally:
         os.umask(mask)
+
+
+@pytest.mark.parametrize(
+    ("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["022", "077", "002"]
+)
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    import os
+    import stat
+
+    from histoscan.utils.fs import atomic_path, atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "a")
+        atomic_write_json(tmp_path / "b.json", {"b": 1})
+        with atomic_path(tmp_path / "c.csv") as tmp, tmp.open("w") as f:
+            f.write("c\n")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.json", "c.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name  # not mkstemp's 0o600

@@ -63,6 +63,7 @@ class Batch:
     splits: list[str]
     notes: Counter[str] = field(default_factory=Counter)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    fitted: list[str] = field(default_factory=list)  # per id: fit_note ("" none); empty list: none fitted
 
 
 class Source:

@@ -270,21 +270,31 @@ def fit_image(img: np.ndarray, size: int, fit: Fit = "pad") -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def load_patch(path: Path, name: str, size: int, fit: Fit = "pad") -> tuple[np.ndarray, list[str]]:
-    """Decode and fit one file: (size x size x 3 uint8, notes) where notes are the conversion (if any) and
-    "padded"/"cropped"/"resized" when the size differed."""
+def fit_kind(h: int, w: int, size: int, fit: Fit = "pad") -> str | None:
+    """How an h x w image is fitted to size x size: "resized", "padded", "cropped", "padded+cropped" or None."""
+    if (h, w) == (size, size):
+        return None
+    if fit == "resize":
+        return "resized"
+    return "padded" if h <= size and w <= size else "cropped" if h >= size and w >= size else "padded+cropped"
+
+
+def fit_note(h: int, w: int, size: int, fit: Fit = "pad") -> str | None:
+    """What fitting an h x w image to `size` does, e.g. "padded 50x42 -> 50x50" (width x height); None when
+    the image already has the size."""
+    kind = fit_kind(h, w, size, fit)
+    return f"{kind} {w}x{h} -> {size}x{size}" if kind else None
+
+
+def load_patch(
+    path: Path, name: str, size: int, fit: Fit = "pad"
+) -> tuple[np.ndarray, list[str], str | None]:
+    """Decode and fit one file: (size x size x 3 uint8, notes, fitted) where notes are the conversion (if any)
+    and "padded"/"cropped"/"resized" when the size differed, and fitted is its `fit_note` (None: no fit)."""
     img, note = decode_image(path, name)
     notes = [note] if note else []
     h, w = img.shape[:2]
-    if (h, w) != (size, size):
-        if fit == "resize":
-            notes.append("resized")
-        else:
-            notes.append(
-                "padded"
-                if h <= size and w <= size
-                else "cropped"
-                if h >= size and w >= size
-                else "padded+cropped"
-            )
-    return fit_image(img, size, fit), notes
+    kind = fit_kind(h, w, size, fit)
+    if kind:
+        notes.append(kind)
+    return fit_image(img, size, fit), notes, fit_note(h, w, size, fit)

@@ -4,6 +4,7 @@ StoreSource, which reads one back as the input of another `prepare` (e.g. at ano
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -12,12 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from histoscan.data.base import Batch, Part, Source
-from histoscan.data.images import Fit, fit_image
+from histoscan.data.images import Fit, fit_image, fit_kind, fit_note
 from histoscan.errors import HistoscanInputError
 
 STORE_VERSION = 1
 FILES = ("meta.json", "index.csv", "images.npy")
 INDEX_COLUMNS = ["id", "label", "group", "source", "split"]
+# optional files (stores written before them lack them): every patch fitted to the store's size, every file
+# skipped as unreadable (--skip-bad); meta.json counts both
+FITTED, FITTED_COLUMNS = "fitted.csv", ["row", "id", "fitted"]
+SKIPPED, SKIPPED_COLUMNS = "skipped.csv", ["path", "reason"]
+FIT_KINDS = frozenset({"padded", "cropped", "resized", "padded+cropped"})
 
 
 def is_store(path: Path) -> bool:
@@ -70,6 +76,29 @@ class PatchStore:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @functools.cached_property
+    def fitted(self) -> list[str] | None:
+        """Per row, how its image was fitted to the store's size (e.g. "padded 50x42 -> 50x50"; "" when it had
+        the size); None when unknown: a store from before fitted.csv whose meta.json counts fitted images."""
+        path = self.path / FITTED
+        if not path.is_file():
+            notes = self.meta.get("notes") or {}
+            return None if any(k in FIT_KINDS for k in notes) else [""] * len(self)
+        out = [""] * len(self)
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                out[int(row["row"])] = row["fitted"]
+        return out
+
+    def skipped_files(self) -> list[dict[str, str]]:
+        """Every file skipped as unreadable (--skip-bad) as {"path", "reason"} (from skipped.csv, else the
+        first ones meta.json lists)."""
+        path = self.path / SKIPPED
+        if path.is_file():
+            with open(path, newline="", encoding="utf-8") as f:
+                return [{"path": r["path"], "reason": r["reason"]} for r in csv.DictReader(f)]
+        return [{"path": k["source"], "reason": k["reason"]} for k in self.meta.get("skipped") or []]
 
     @property
     def size(self) -> int:
@@ -138,9 +167,19 @@ class StoreSource(Source):
             b = min(a + batch_size, len(s))
             x = np.asarray(s.images[a:b])
             notes: Counter[str] = Counter()
-            if x.shape[1] != size:
+            before = s.fitted[a:b] if s.fitted is not None else [""] * (b - a)
+            now = fit_note(s.size, s.size, size, fit)
+            if now:
                 x = np.stack([fit_image(im, size, fit) for im in x])
-                notes["resized" if fit == "resize" else "padded" if s.size < size else "cropped"] += len(x)
+                notes[fit_kind(s.size, s.size, size, fit) or ""] += len(x)
+            fitted = ["; ".join(n for n in (old, now) if n) for old in before]
             yield Batch(
-                x, s.ids[a:b], s.labels[a:b].tolist(), s.groups[a:b], s.sources[a:b], s.splits[a:b], notes
+                x,
+                s.ids[a:b],
+                s.labels[a:b].tolist(),
+                s.groups[a:b],
+                s.sources[a:b],
+                s.splits[a:b],
+                notes,
+                fitted=fitted,
             )

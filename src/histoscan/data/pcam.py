@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from histoscan.data.base import PCAM_MPP, Batch, Part, Source
-from histoscan.data.images import Fit, fit_image
+from histoscan.data.images import Fit, fit_image, fit_kind, fit_note
 from histoscan.errors import HistoscanInputError
 
 _PCAM_X = re.compile(r"^camelyonpatch_level_2_split_(train|valid|test)_x\.h5$")
@@ -172,16 +172,11 @@ class PCamSource(Source):
                     except OSError as e:
                         raise HistoscanInputError(f"{p.x}: rows {start}-{stop} unreadable ({e})") from None
                     notes: Counter[str] = Counter()
+                    fitted: list[str] = []
                     if x.shape[1:3] != (size, size):
                         h, w = x.shape[1:3]
-                        kind = (
-                            "resized"
-                            if fit == "resize"
-                            else "padded"
-                            if h <= size and w <= size
-                            else "cropped"
-                        )
-                        notes[kind] += len(x)
+                        notes[fit_kind(h, w, size, fit) or ""] += len(x)
+                        fitted = [fit_note(h, w, size, fit) or ""] * len(x)
                         x = np.stack([fit_image(im, size, fit) for im in x])
                     rows = range(start, stop)
                     yield Batch(
@@ -192,4 +187,5 @@ class PCamSource(Source):
                         [f"{p.x.name}:{r}" for r in rows],
                         [p.split] * len(x),
                         notes,
+                        fitted=fitted,
                     )

@@ -35,18 +35,21 @@ def _unique_ids(items: list[tuple[Path, str]]) -> list[str]:
     return ids
 
 
-def _load(item: Item, size: int, fit: Fit, skip_bad: bool) -> tuple[np.ndarray | None, list[str], str | None]:
-    """(fitted image or None, notes, error reason) for one file; errors raise unless `skip_bad`."""
+def _load(
+    item: Item, size: int, fit: Fit, skip_bad: bool
+) -> tuple[np.ndarray | None, list[str], str, str | None]:
+    """(fitted image or None, notes, fit note or "", error reason) for one file; errors raise unless
+    `skip_bad`."""
     try:
         if not item.path.is_file():
             where = f" but listed in {item.listed_in}" if item.listed_in else ""
             raise HistoscanInputError(f"{item.source}: image file not found{where}")
-        img, notes = load_patch(item.path, item.source, size, fit)
-        return img, notes, None
+        img, notes, fitted = load_patch(item.path, item.source, size, fit)
+        return img, notes, fitted or "", None
     except HistoscanInputError as e:
         if not skip_bad:
             raise
-        return None, [], str(e)
+        return None, [], "", str(e)
 
 
 class FileSource(Source):
@@ -100,7 +103,8 @@ class FileSource(Source):
                     np.stack([r[0] for _, r in keep]) if keep else np.zeros((0, size, size, 3), np.uint8),
                     *([getattr(it, a) for it in its] for a in ("id", "label", "group", "source", "split")),
                     notes=Counter(n for _, r in keep for n in r[1]),
-                    skipped=[{"source": it.source, "reason": r[2]} for it, r in pairs if r[2]],
+                    skipped=[{"source": it.source, "reason": r[3]} for it, r in pairs if r[3]],
+                    fitted=[r[2] for _, r in keep],
                 )
 
 

@@ -26,16 +26,26 @@ from histoscan import __version__
 from histoscan.data.base import Part, Source, fingerprint
 from histoscan.data.detect import detect_source
 from histoscan.data.images import Fit
-from histoscan.data.patchstore import INDEX_COLUMNS, STORE_VERSION, PatchStore, is_store, require_labelled
+from histoscan.data.patchstore import (
+    FITTED,
+    FITTED_COLUMNS,
+    INDEX_COLUMNS,
+    SKIPPED,
+    SKIPPED_COLUMNS,
+    STORE_VERSION,
+    PatchStore,
+    is_store,
+    require_labelled,
+)
 from histoscan.errors import HistoscanInputError
-from histoscan.utils.fs import guard_output, replace_folder
+from histoscan.utils.fs import atomic_path, guard_output, replace_folder
 from histoscan.utils.paths import cache_dir as default_cache_dir
 
-__all__ = ["PatchStore", "is_store", "prepare", "require_labelled", "resolve_store"]
+__all__ = ["PatchStore", "is_store", "prepare", "require_labelled", "resolve_store", "write_skipped"]
 
 log = logging.getLogger(__name__)
 
-MAX_SKIPPED_LISTED = 10_000  # meta.json lists at most this many skipped files (n_skipped counts them all)
+MAX_SKIPPED_LISTED = 10_000  # meta.json lists at most this many skipped files (skipped.csv lists them all)
 
 
 def _check_options(image_size: int | None, fit: str) -> None:
@@ -113,21 +123,29 @@ def _pack(src: Source, out: Path, size: int, fit: Fit, skip_bad: bool, checksum:
         n, labels, groups, splits = 0, Counter(), set(), Counter()
         notes: Counter[str] = Counter()
         skipped: list[dict[str, str]] = []
-        n_skipped = 0
+        n_skipped = n_fitted = 0
         with (
             open(tmp / "images.npy", "r+b") as fimg,
             open(tmp / "index.csv", "w", newline="") as fidx,
+            open(tmp / FITTED, "w", newline="") as ffit,
+            open(tmp / SKIPPED, "w", newline="") as fskip,
             tqdm(
                 total=n_max, unit="img", desc="prepare", file=sys.stderr, mininterval=0.5, disable=None
             ) as bar,
         ):
-            index = csv.writer(fidx)
+            index, fits, skips = csv.writer(fidx), csv.writer(ffit), csv.writer(fskip)
             index.writerow(INDEX_COLUMNS)
+            fits.writerow(FITTED_COLUMNS)
+            skips.writerow(SKIPPED_COLUMNS)
             for b in src.batches(size, fit, skip_bad):
                 if b.ids:
                     fimg.seek(offset + n * row_bytes)
                     fimg.write(memoryview(np.ascontiguousarray(b.images, dtype=np.uint8)).cast("B"))
                 index.writerows(zip(b.ids, b.labels, b.groups, b.sources, b.splits, strict=True))
+                done = [(n + k, b.ids[k], f) for k, f in enumerate(b.fitted) if f]
+                fits.writerows(done)
+                skips.writerows((k["source"], k["reason"]) for k in b.skipped)
+                n_fitted += len(done)
                 n += len(b.ids)
                 labels.update(b.labels)
                 groups.update(b.groups)
@@ -157,6 +175,7 @@ def _pack(src: Source, out: Path, size: int, fit: Fit, skip_bad: bool, checksum:
             "checksum": checksum,
             "n_skipped": n_skipped,
             "skipped": skipped,
+            "n_fitted": n_fitted,
             "notes": dict(notes),
             "histoscan_version": __version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -236,7 +255,8 @@ def resolve_store(
     if is_store(target):
         try:
             cached = PatchStore.open(target)
-            if cached.meta.get("checksum") == checksum:
+            # a cache entry from before fitted.csv that fitted images is rebuilt so their fits can be reported
+            if cached.meta.get("checksum") == checksum and cached.fitted is not None:
                 log.info("using cached store %s for %s", target, p)
                 return cached
         except HistoscanInputError:
@@ -245,3 +265,30 @@ def resolve_store(
     else:
         log.info("preparing %s into cached store %s", p, target)
     return _pack(src, target, _target_size(src, image_size), fit, skip_bad, checksum)
+
+
+def write_skipped(store: PatchStore, folder: str | Path, shown: str | Path | None = None) -> str | None:
+    """Write FOLDER/skipped.csv (path,reason) listing the files the store skipped as unreadable (--skip-bad).
+
+    Args:
+        store: the store the command used.
+        folder: where skipped.csv goes (e.g. a run folder being staged).
+        shown: the folder to name in the returned line (default `folder`), e.g. where a staged run will be.
+
+    Returns:
+        The line to print ("skipped N unreadable image(s) ...: listed in .../skipped.csv"), or None when no file
+        was skipped (then nothing is written).
+    """
+    n = int(store.meta.get("n_skipped") or 0)
+    if not n:
+        return None
+    rows = store.skipped_files()
+    path = Path(folder) / SKIPPED
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SKIPPED_COLUMNS)
+        w.writerows((r["path"], r["reason"]) for r in rows)
+    listed = "" if len(rows) == n else f" (the first {len(rows)}; the store predates full lists)"
+    first = f", e.g. {rows[0]['reason']}" if rows else ""
+    where = Path(shown if shown is not None else folder) / SKIPPED
+    return f"skipped {n} unreadable image(s) (--skip-bad){first}; listed in {where}{listed}"

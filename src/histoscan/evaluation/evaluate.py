@@ -15,7 +15,7 @@ from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.metrics import choose_run_threshold, compute_metrics
 from histoscan.evaluation.report import write_figures, write_report
 from histoscan.inference.domain import domain_warnings
-from histoscan.inference.predict import skipped_files, store_for_model
+from histoscan.inference.predict import fitted_column, fitted_summary, skipped_files, store_for_model
 from histoscan.inference.predictor import BackendName, Predictor, load_predictor
 from histoscan.inference.tta import infer, n_views
 from histoscan.run import RunDir
@@ -82,11 +82,17 @@ def validation_threshold(
     return choose_run_threshold(store.labels[rows], probs, target_sensitivity)
 
 
-def _write_predictions(path: Path, ids: list[str], groups: list[str], y: np.ndarray, p: np.ndarray) -> None:
+def _write_predictions(
+    path: Path, ids: list[str], groups: list[str], y: np.ndarray, p: np.ndarray, fitted: list[str]
+) -> None:
+    """predictions.csv: id,group,label,probability,fitted (how the image was fitted to the model's size)."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "group", "label", "probability"])
-        w.writerows((i, g, int(lab), f"{q:.6f}") for i, g, lab, q in zip(ids, groups, y, p, strict=True))
+        w.writerow(["id", "group", "label", "probability", "fitted"])
+        w.writerows(
+            (i, g, int(lab), f"{q:.6f}", fit)
+            for i, g, lab, q, fit in zip(ids, groups, y, p, fitted, strict=True)
+        )
 
 
 def default_out_dir(predictor: Predictor, data: str | Path) -> Path:
@@ -203,6 +209,10 @@ def _evaluate_into(
     n_skipped, skipped = skipped_files(store)
     if n_skipped:
         notes.append(f"{n_skipped} unreadable images were skipped (--skip-bad), e.g. {skipped[0]['source']}.")
+    fitted = fitted_column(store, rows)
+    fit_line = fitted_summary(fitted, store.size)
+    if fit_line:
+        notes.append(fit_line[0].upper() + fit_line[1:] + ".")
     warnings, colour_distance = domain_warnings(predictor, store.meta.get("mpp"), store.images, rows)
     notes += [f"Warning: {w}" for w in warnings]
     m.update(
@@ -217,11 +227,12 @@ def _evaluate_into(
         threshold_source=source,
         n_groups=len(set(groups)) if grouped else 0,
         n_skipped=n_skipped,
+        n_fitted=sum(1 for f in fitted if f),
         notes=notes,
         warnings=warnings,
         colour_distance=colour_distance,
     )
-    _write_predictions(out_dir / "predictions.csv", ids, groups, y, probs)
+    _write_predictions(out_dir / "predictions.csv", ids, groups, y, probs, fitted)
     atomic_write_json(out_dir / "metrics.json", m)
     figures = write_figures(out_dir, y, probs, m, run)
     config = card.config.to_dict() if card.config is not None else None

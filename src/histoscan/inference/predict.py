@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,10 +68,38 @@ def _submission_order(data: Path) -> list[str] | None:
     return None
 
 
+def fitted_column(store: PatchStore, rows: np.ndarray | None = None) -> list[str]:
+    """Per row (all, or `rows`), how its image was fitted to the model's size ("padded 50x42 -> 50x50"; "" when
+    it had the size; "unknown" for a store prepared before histoscan recorded fits)."""
+    fitted = store.fitted
+    idx = range(len(store)) if rows is None else rows
+    return ["unknown" for _ in idx] if fitted is None else [fitted[i] for i in idx]
+
+
+def fitted_summary(fitted: list[str], size: int) -> str | None:
+    """One line saying how many patches were fitted to `size` and how, or None when none were."""
+    done = [f for f in fitted if f]
+    if not done:
+        return None
+    kinds = Counter(f.split(" ", 1)[0] if f != "unknown" else "unknown" for f in done)
+    how = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    return (
+        f"{len(done)} of {len(fitted)} images had another size than the model's {size}x{size} px and were "
+        f"fitted to it ({how}); see the fitted column of the predictions CSV"
+    )
+
+
 def write_predictions(
-    path: Path, ids: list[str], probs: np.ndarray, threshold: float, fmt: Literal["csv", "kaggle"], order=None
+    path: Path,
+    ids: list[str],
+    probs: np.ndarray,
+    threshold: float,
+    fmt: Literal["csv", "kaggle"],
+    order=None,
+    fitted: list[str] | None = None,
 ) -> None:
-    """Write csv (id,probability,label; label = probability >= threshold) or kaggle (id,label=probability)."""
+    """Write csv (id,probability,label,fitted; label = probability >= threshold, fitted = how the image was
+    fitted to the model's size, "" when it had it) or kaggle (id,label=probability)."""
     if fmt == "kaggle" and order is not None:
         where = {i: k for k, i in enumerate(ids)}
         missing = [i for i in order if i not in where]
@@ -85,8 +114,12 @@ def write_predictions(
             w.writerow(["id", "label"])
             w.writerows((i, f"{q:.6f}") for i, q in zip(ids, probs, strict=True))
         else:
-            w.writerow(["id", "probability", "label"])
-            w.writerows((i, f"{q:.6f}", int(q >= threshold)) for i, q in zip(ids, probs, strict=True))
+            fitted = fitted if fitted is not None else [""] * len(ids)
+            w.writerow(["id", "probability", "label", "fitted"])
+            w.writerows(
+                (i, f"{q:.6f}", int(q >= threshold), fit)
+                for i, q, fit in zip(ids, probs, fitted, strict=True)
+            )
 
 
 def predict(
@@ -106,8 +139,8 @@ def predict(
         model: run folder, checkpoint or .onnx export.
         data: a source (image folder, Kaggle HCD test layout, PCam, manifest) or a prepared STORE.
         out: output CSV file (an existing file needs `force`).
-        fmt: "csv" (id,probability,label at the run's threshold) or "kaggle" (id,label = tumour probability,
-            in sample_submission.csv order when DATA has one; ids are file stems).
+        fmt: "csv" (id,probability,label at the run's threshold,fitted) or "kaggle" (id,label = tumour
+            probability, in sample_submission.csv order when DATA has one; ids are file stems).
         tta: 0, 4 or 8 dihedral views averaged in logit space.
         batch_size: patches per forward (times the TTA views).
         backend: "auto" (from MODEL), "torch" or "onnx".
@@ -116,8 +149,9 @@ def predict(
 
     Returns:
         Summary: n, out, format, threshold, threshold_source, n_positive (at the threshold), mean_probability,
-        tta, backend, model, n_skipped, skipped, warnings (one line each: the data's µm/px or colour far from
-        the training data's, see :mod:`histoscan.inference.domain`), colour_distance.
+        tta, backend, model, n_skipped, skipped, n_fitted and fitted_note (images of another size fitted to
+        the model's: their count, and a line saying so or None), warnings (one line each: the data's µm/px or
+        colour far from the training data's, see :mod:`histoscan.inference.domain`), colour_distance.
     """
     if fmt not in ("csv", "kaggle"):
         raise HistoscanInputError(f"--format {fmt}: choose csv or kaggle")
@@ -130,7 +164,8 @@ def predict(
     probs = sigmoid(infer(predictor, store.images, tta=tta, batch_size=batch_size))
     predictor.stain_note("predicted patches (TTA views counted)")  # one warning line, not one per batch
     order = _submission_order(Path(data)) if fmt == "kaggle" else None
-    write_predictions(out, store.ids, probs, card.threshold, fmt, order)
+    fitted = fitted_column(store)
+    write_predictions(out, store.ids, probs, card.threshold, fmt, order, fitted)
     n_skipped, skipped = skipped_files(store)
     return {
         "n": len(probs),
@@ -145,6 +180,8 @@ def predict(
         "model": card.model,
         "n_skipped": n_skipped,
         "skipped": skipped,
+        "n_fitted": sum(1 for f in fitted if f),
+        "fitted_note": fitted_summary(fitted, store.size),
         "warnings": warnings,
         "colour_distance": colour_distance,
     }

@@ -18,7 +18,7 @@ import torch
 from histoscan.config import TrainConfig
 from histoscan.data.loader import StoreDataModule
 from histoscan.data.splits import check_grouping, make_folds, make_split
-from histoscan.data.store import PatchStore, require_labelled, resolve_store
+from histoscan.data.store import PatchStore, require_labelled, resolve_store, write_skipped
 from histoscan.errors import HistoscanInputError, Interrupted
 from histoscan.evaluation.metrics import choose_run_threshold
 from histoscan.inference.predictor import load_torch_predictor
@@ -170,6 +170,8 @@ def _fit(
         run.write_config(config)
         run.write_split(store.ids, store.labels, store.groups, split)
         run.write_data(counts)
+        if (skipped := write_skipped(store, run.path, run.final)) and say is not None:  # --skip-bad's list
+            say(skipped)
     mpp = config.mpp if config.mpp is not None else store.meta.get("mpp")
     rows = np.arange(len(store))
     dm = StoreDataModule(

@@ -51,14 +51,20 @@ def guard_output(
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; renamed onto `path` when the block succeeds, else removed."""
+    """A temporary path beside `path` to write to; renamed onto `path` when the block succeeds, else removed.
+
+    The file gets the mode a plain open() would give (0o666 less the umask), not mkstemp's 0o600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _umask_mode() & 0o666)
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _umask_mode() & 0o666)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
