@@ -56,7 +56,7 @@ def test_predict_one_matches_loaded_model(client, tiny_run: Path, hcd_files: lis
     assert pred["threshold"] == 0.5 and pred["label"] == int(pred["probability"] >= 0.5)
     assert pred["class"] == ("tumour" if pred["label"] else "normal")
     assert pred["model_version"] == body["model_version"] and body["model_version"].startswith("tiny-run@")
-    assert (pred["width"], pred["height"], pred["note"]) == (96, 96, None)
+    assert (pred["width"], pred["height"], pred["note"], pred["fitted"]) == (96, 96, None, None)
 
 
 def test_predict_many_in_order(client, tiny_run: Path, hcd_files: list[Path]) -> None:
@@ -81,6 +81,10 @@ def test_other_size_is_fitted_as_in_training(client, tiny_run: Path, idc_root: P
     pred = r.json()["predictions"][0]
     assert (pred["width"], pred["height"]) == (img.shape[1], img.shape[0])
     assert pred["probability"] == pytest.approx(_expected(tiny_run, data, png.name), abs=1e-6)
+    assert pred["fitted"] == f"padded {img.shape[1]}x{img.shape[0]} -> 96x96"  # said, not silent
+    big = png_bytes(np.zeros((120, 80, 3), np.uint8))
+    r = client.post("/v1/predict", files=[("files", ("big.png", big, "image/png"))])
+    assert r.json()["predictions"][0]["fitted"] == "padded+cropped 80x120 -> 96x96"
 
 
 def test_rgba_png_is_converted_with_a_note(client) -> None:

@@ -116,3 +116,25 @@ def test_api_key_hint_points_at_the_key_field(
         finally:
             page.evaluate("localStorage.clear()")
             page.close()
+
+
+def test_card_says_when_the_image_was_fitted(server: str, browser: Any, idc_root: Path) -> None:
+    edge = idc_root / "images" / "14078" / "14078_idx5_x1001_y1501_class0.png"  # 50x42: padded to 96x96
+    page, errors = _page(browser)
+    try:
+        page.goto(server + "/")
+        page.wait_for_function("document.querySelector('#model-info').textContent.includes('simple-cnn')")
+        page.set_input_files("#file-input", str(edge))
+        page.wait_for_selector(".card[data-state='done'], .card[data-state='failed']", timeout=120_000)
+        card = page.locator(".card").first
+        assert card.get_attribute("data-state") == "done", card.locator(".note").text_content()
+        assert card.locator(".note").text_content() == "50×42 px, padded to 96×96 px for the model"
+        assert card.get_attribute("data-fitted") == "padded 50x42 -> 96x96"
+        with page.expect_download() as dl:
+            page.click("#download-csv")
+        header, row = Path(dl.value.path()).read_text().splitlines()
+        assert header == "filename,id,probability,label,fitted,error"
+        assert row.split(",")[4] == "padded 50x42 -> 96x96"
+        assert not errors, errors
+    finally:
+        page.close()

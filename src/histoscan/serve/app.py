@@ -31,6 +31,7 @@ from histoscan.serve.batching import MicroBatcher, QueueFullError
 from histoscan.serve.docs import add_docs
 from histoscan.serve.guard import BodyTooLarge, RequestGuard, error_body
 from histoscan.serve.metrics import CONTENT_TYPE, ServerMetrics
+from histoscan.serve.schemas import ExplainResponse, Health, ModelInfo, PredictResponse, error_responses
 from histoscan.serve.settings import ServeSettings
 from histoscan.serve.uploads import Upload, UploadError, read_upload
 from histoscan.utils.numeric import sigmoid
@@ -96,17 +97,33 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
     _add_error_handlers(app, settings)
     add_docs(app)
     auth = [Depends(_bearer(api_key))]
+    # the error statuses each route really answers (401 only with a key; 501 only for an ONNX model)
+    key = (401,) if api_key else ()
+    upload_errors = (400, *key, 413, 415, 422, 500)
+    png = {"schema": {"type": "string", "format": "binary"}}
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], response_model=Health, responses=error_responses(500))
     async def healthz() -> dict[str, Any]:
         """Liveness: answers while the event loop runs (no key needed)."""
         return {"status": "ok", "model": model.version, "queue": batcher.pending}
 
-    @app.get("/metrics", tags=["ops"], dependencies=auth, response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        dependencies=auth,
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},  # version=0.0.4
+                "description": "Prometheus text",
+            },
+            **error_responses(*key, 500),
+        },
+    )
     async def prom_metrics() -> Response:
         """Prometheus text format: requests by endpoint/status, errors, latency and batch-size histograms."""
         gauges = {
@@ -115,17 +132,30 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         }
         return Response(metrics.render(gauges), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/model", tags=["model"], dependencies=auth)
+    @app.get(
+        "/v1/model",
+        tags=["model"],
+        dependencies=auth,
+        response_model=ModelInfo,
+        responses=error_responses(*key, 500),
+    )
     async def model_info() -> dict[str, Any]:
         """Model name, version, backend, input size, µm/px, decision threshold and the server's limits."""
         limits = {k: getattr(settings, k) for k in ("max_upload_mb", "max_pixels", "max_files", "max_batch")}
         return {**model.info(), "histoscan": __version__, "limits": limits}
 
-    @app.post("/v1/predict", tags=["model"], dependencies=auth)
+    @app.post(
+        "/v1/predict",
+        tags=["model"],
+        dependencies=auth,
+        response_model=PredictResponse,
+        responses=error_responses(*upload_errors, 503),
+    )
     async def predict(
         files: Annotated[list[UploadFile], File(description="PNG/TIFF/JPEG patches (field may repeat)")],
     ) -> dict[str, Any]:
-        """Tumour probability and label per uploaded patch (fitted to the model's size as in training)."""
+        """Tumour probability and label per uploaded patch, fitted to the model's size as in training (each
+        prediction's `fitted` says how: padded, cropped or resized, with both sizes; null when it fitted)."""
         if len(files) > min(settings.max_files, settings.queue_size):
             raise UploadError(
                 f"files: {len(files)} images in one request, over the limit of "
@@ -147,7 +177,14 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         "/v1/explain",
         tags=["model"],
         dependencies=auth,
-        responses={200: {"content": {"image/png": {}}, "description": "Grad-CAM overlay (PNG)"}},
+        responses={
+            200: {
+                "content": {"image/png": png},
+                "model": ExplainResponse,
+                "description": "Grad-CAM figure (PNG), or with format=json the prediction and data URLs",
+            },
+            **error_responses(*upload_errors, *(() if model.can_explain else (501,)), 503),
+        },
     )
     async def explain(
         files: Annotated[list[UploadFile] | None, ONE_FILE] = None,
@@ -183,6 +220,8 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
             "X-Histoscan-Threshold": repr(model.threshold),
             "X-Histoscan-Model-Version": model.version,
         }
+        if up.fitted:  # the image had another size than the model's
+            headers["X-Histoscan-Fitted"] = up.fitted
         return Response(figure, media_type="image/png", headers=headers)
 
     @app.post(
@@ -190,7 +229,10 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         tags=["model"],
         dependencies=auth,
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}, "description": "fitted patch (PNG)"}},
+        responses={
+            200: {"content": {"image/png": png}, "description": "fitted patch (PNG)"},
+            **error_responses(*upload_errors),
+        },
     )
     async def preview(
         files: Annotated[list[UploadFile] | None, ONE_FILE] = None,
@@ -252,6 +294,7 @@ def _prediction(up: Upload, prob: float, model: ServedModel) -> dict[str, Any]:
         "width": up.width,
         "height": up.height,
         "note": up.note,
+        "fitted": up.fitted,
     }
 
 

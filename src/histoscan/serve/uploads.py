@@ -40,7 +40,8 @@ class Upload:
     width: int
     height: int
     image: np.ndarray  # S x S x 3 uint8, fitted as in training
-    note: str | None = None
+    note: str | None = None  # colour/depth conversion, e.g. "alpha"
+    fitted: str | None = None  # how it was fitted to the model's size, e.g. "padded 50x42 -> 96x96"
 
 
 def image_id(filename: str | None, index: int) -> str:
@@ -110,7 +111,7 @@ def read_upload(
     Raises:
         UploadError: 415 (not PNG/TIFF/JPEG), 413 (too many pixels), 422 (corrupt, truncated, empty).
     """
-    from histoscan.data.images import decode_image, fit_image
+    from histoscan.data.images import decode_image, fit_image, fit_note
 
     name = filename or f"files[{index}]"
     fmt = sniff_format(data, name)
@@ -126,7 +127,8 @@ def read_upload(
         raise UploadError(f"{name}: cannot decode {fmt.upper()} ({type(e).__name__}: {e})") from None
     if img.shape[0] * img.shape[1] > max_pixels:  # a header that lied about its size
         check_pixels(img.shape[1], img.shape[0], max_pixels, name)
+    h, w = int(img.shape[0]), int(img.shape[1])
     fitted = np.ascontiguousarray(fit_image(img, size, fit))
     return Upload(
-        image_id(filename, index), filename or "", fmt, int(img.shape[1]), int(img.shape[0]), fitted, note
+        image_id(filename, index), filename or "", fmt, w, h, fitted, note, fit_note(h, w, size, fit)
     )

@@ -79,8 +79,15 @@ function setPrediction(card, p) {
   card.querySelector(".bar-fill").style.width = (100 * p.probability).toFixed(1) + "%";
   card.querySelector(".bar-threshold").style.left = (100 * p.threshold).toFixed(1) + "%";
   card.querySelector(".bar").title = `threshold ${p.threshold}`;
-  const size = `${p.width}×${p.height} px`;
-  card.querySelector(".note").textContent = p.note ? `${size}, converted: ${p.note}` : size;
+  // say every change made to the upload: its size fitted to the model's (p.fitted) and colour conversions
+  const parts = [`${p.width}×${p.height} px`];
+  if (p.fitted) {  // "padded 50x42 -> 96x96" is shown as "padded to 96×96 px for the model"
+    const [kind, , , target] = p.fitted.split(" ");
+    parts.push(`${kind} to ${target.replace("x", "×")} px for the model`);
+  }
+  if (p.note) parts.push(`converted: ${p.note}`);
+  card.querySelector(".note").textContent = parts.join(", ");
+  card.dataset.fitted = p.fitted || "";
   card.dataset.state = "predicted";
 }
 
@@ -124,13 +131,14 @@ function setImage(img, url) {
 
 async function processFile(file) {
   const card = newCard(file);
-  const row = { filename: file.name, id: "", probability: "", label: "", error: "" };
+  const row = { filename: file.name, id: "", probability: "", label: "", fitted: "", error: "" };
   state.rows.push(row);
   await state.modelReady;  // whether the model can explain decides the requests below
   try {
     const pred = (await (await api("/v1/predict", { method: "POST", body: formData(file) })).json())
       .predictions[0];
-    Object.assign(row, { id: pred.id, probability: pred.probability, label: pred.label });
+    const fitted = pred.fitted || "";
+    Object.assign(row, { id: pred.id, probability: pred.probability, label: pred.label, fitted });
     setPrediction(card, pred);
     const gradcam = card.querySelector(".gradcam");
     if (state.model && state.model.explain) {
@@ -182,8 +190,10 @@ function csvCell(v) {
 }
 
 function downloadCsv() {
-  const lines = ["filename,id,probability,label,error"];
-  for (const r of state.rows) lines.push([r.filename, r.id, r.probability, r.label, r.error].map(csvCell).join(","));
+  const lines = ["filename,id,probability,label,fitted,error"];
+  for (const r of state.rows) {
+    lines.push([r.filename, r.id, r.probability, r.label, r.fitted, r.error].map(csvCell).join(","));
+  }
   const a = document.createElement("a");
   a.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
   a.download = "histoscan-predictions.csv";
