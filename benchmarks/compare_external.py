@@ -45,10 +45,22 @@ _SIMPLE = {"model": "simple-cnn", "batch_size": 64, "weight_decay": 1e-4, "dropo
            "monitor": "val_auc", "val_fraction": 0.15}  # fmt: skip
 _ONECYCLE = {**_SIMPLE, "optimizer": "adamw", "lr": 1e-3, "schedule": "onecycle", "warmup_epochs": 1.0}
 RECIPES: dict[str, dict[str, object]] = {
-    "pytorch-seed": {**_SIMPLE, "optimizer": "adam", "lr": 1.5e-4, "schedule": "plateau", "epochs": 20,
-                     "patience": 5},  # fmt: skip
-    "previous-default": {**_SIMPLE, "optimizer": "adamw", "lr": 1.5e-4, "schedule": "plateau", "epochs": 20,
-                         "patience": 5},  # fmt: skip
+    "pytorch-seed": {
+        **_SIMPLE,
+        "optimizer": "adam",
+        "lr": 1.5e-4,
+        "schedule": "plateau",
+        "epochs": 20,
+        "patience": 5,
+    },  # fmt: skip
+    "previous-default": {
+        **_SIMPLE,
+        "optimizer": "adamw",
+        "lr": 1.5e-4,
+        "schedule": "plateau",
+        "epochs": 20,
+        "patience": 5,
+    },  # fmt: skip
     "default-54db6fc": {**_ONECYCLE, "epochs": 8, "patience": 3},
     "onecycle-20": {**_ONECYCLE, "epochs": 20, "patience": 6},
     "onecycle-30": {**_ONECYCLE, "epochs": 30, "patience": 8},
@@ -64,6 +76,36 @@ def recipe_config(name: str, fields: dict[str, object], data: str, out: Path, se
     return config_from_options(
         {**fields, "data": data, "out": str(out / name / f"s{seed}"), "seed": seed, "test_fraction": 0.0}
     )
+
+
+def kaggle_subset(root: str, size: int, seed: int, out: Path) -> str:
+    """A stratified random `size`-patch subset of a Kaggle-layout set (symbolic links, same layout), for the
+    learning curve; drawn with the run's seed, so each seed sees another subset and recipes pair on the same one."""
+    folder = out / f"{Path(root).name}-n{size}-s{seed}"
+    if (folder / "train_labels.csv").is_file():
+        return str(folder)
+    with open(Path(root) / "train_labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not 0 < size <= len(rows):
+        raise SystemExit(f"--train-size {size}: must be in 1..{len(rows)}")
+    rng = np.random.default_rng(seed)
+    labels = np.array([int(r["label"]) for r in rows])
+    keep: list[int] = []
+    for c in (0, 1):  # each class in proportion
+        idx = np.flatnonzero(labels == c)
+        keep += list(rng.choice(idx, round(size * len(idx) / len(rows)), replace=False))
+    (folder / "train").mkdir(parents=True, exist_ok=True)
+    for i in keep:
+        link = folder / "train" / f"{rows[i]['id']}.tif"
+        if not link.exists():
+            link.symlink_to((Path(root) / "train" / f"{rows[i]['id']}.tif").resolve())
+    tmp = folder / "train_labels.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label"])
+        w.writerows([rows[i]["id"], rows[i]["label"]] for i in sorted(keep))
+    tmp.rename(folder / "train_labels.csv")
+    return str(folder)
 
 
 def _setup(cfg: TrainConfig) -> dict[str, object]:
@@ -97,7 +139,10 @@ def score_run(run_dir: str, test: str) -> dict[str, dict[str, np.ndarray]]:
     val_rows = np.array([i for i, sid in enumerate(train_store.ids) if split.get(sid) == "val"])
     test_store = resolve_store(test, image_size=train_store.size)
     out = {}
-    for part, store, rows in (("val", train_store, val_rows), ("test", test_store, np.arange(len(test_store)))):
+    for part, store, rows in (
+        ("val", train_store, val_rows),
+        ("test", test_store, np.arange(len(test_store))),
+    ):
         out[part] = {
             "id": np.asarray(store.ids)[rows],
             "label": store.labels[rows].astype(int),
@@ -126,10 +171,12 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def run_recipe_seed(name: str, cfg: TrainConfig, test: str, keep: Path) -> dict[str, object]:
+def run_recipe_seed(
+    name: str, cfg: TrainConfig, test: str, keep: Path, train_size: int | None = None
+) -> dict[str, object]:
     """Kept result of one recipe x seed (trained and scored unless kept with the same configuration)."""
     stem = keep / f"{name}-s{cfg.seed}"
-    setup = json.loads(json.dumps(_setup(cfg)))
+    setup = json.loads(json.dumps({**_setup(cfg), **({"train_size": train_size} if train_size else {})}))
     info_path = Path(f"{stem}.json")
     if info_path.is_file():
         info = json.loads(info_path.read_text())
@@ -271,7 +318,8 @@ def table(name: str, results: dict[str, list[dict]], key: str, command: str) -> 
         each = ", ".join(f"{a:.3f}" for a in row["auc_each"])
         lines.append(
             f"| {recipe} | {len(rs)} | {row['auc']:.3f} ({each}) | {row['spread']:.3f} | "
-            f"{row['balanced_accuracy']:.3f} | {row['ece']:.3f} ({row['ece_max']:.3f}) | " + " | ".join(diffs)
+            f"{row['balanced_accuracy']:.3f} | {row['ece']:.3f} ({row['ece_max']:.3f}) | "
+            + " | ".join(diffs)
             + f" | {','.join(map(str, row['epochs']))} | {row['minutes']:.0f} min |"
         )
     lines += ["", f"Command: `{command}`", ""]
@@ -285,10 +333,18 @@ def main() -> int:
     ap.add_argument("--name", required=True, help="test set name for the table and the kept folder")
     ap.add_argument("--out", required=True, help="folder for the run folders (resumed)")
     ap.add_argument("--recipes", default=",".join(BASELINES))
-    ap.add_argument("--seeds", default="42,1,2", help="comma list of seeds, each recipe trained once per seed")
+    ap.add_argument(
+        "--seeds", default="42,1,2", help="comma list of seeds, each recipe trained once per seed"
+    )
     ap.add_argument("--extra", action="append", default=[], metavar="NAME:k=v,...", help="another recipe")
     ap.add_argument("--keep", default="docs/results", help="kept predictions: KEEP/NAME/<recipe>-s<seed>.*")
     ap.add_argument("--train-only", action="store_true", help="train and keep; no table")
+    ap.add_argument(
+        "--train-size",
+        type=int,
+        help="learning curve: train on a stratified subset of this many patches (per seed; kept as "
+        "<recipe>-n<size>-s<seed>; the subset keeps its own 15 %% validation split)",
+    )
     ap.add_argument("--markdown", help="file whose `external NAME` blocks are replaced by the tables")
     args = ap.parse_args()
     from compare_recipes import parse_fields
@@ -306,8 +362,14 @@ def main() -> int:
         results[name] = []
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"== {name} seed {seed}", flush=True)
-            cfg = recipe_config(name, fields, args.train, out, seed)
-            results[name].append(run_recipe_seed(name, cfg, args.test, keep))
+            data, tag = args.train, name
+            if args.train_size:
+                data, tag = (
+                    kaggle_subset(args.train, args.train_size, seed, out / "subsets"),
+                    f"{name}-n{args.train_size}",
+                )
+            cfg = recipe_config(tag, fields, data, out, seed)
+            results[name].append(run_recipe_seed(tag, cfg, args.test, keep, args.train_size))
     if args.train_only:
         return 0
     command = "python " + " ".join(sys.argv)
@@ -322,7 +384,9 @@ def main() -> int:
     for key, block in blocks.items():
         print(block)
         if args.markdown:
-            replace_block(args.markdown, f"external {args.name} {'tta8' if key == 'logit_tta8' else 'tta1'}", block)
+            replace_block(
+                args.markdown, f"external {args.name} {'tta8' if key == 'logit_tta8' else 'tta1'}", block
+            )
     return 0
 
 
