@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -135,3 +139,180 @@ def test_recover_queues_only_trials_that_drew_parameters() -> None:
     assert states.count(optuna.trial.TrialState.FAIL) == 2
     waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == drawn.params  # enqueued as is
+
+
+# -- a tune folder continues only its own study (issue 17) ------------------------------------------------------
+
+BASE = {"--trials": "1", "--folds": "3", "--use-folds": "0", "--params": "lr,dropout", "--epochs": "1",
+        "--batch-size": "16", "--limit-batches": "2", "--seed": "3"}  # fmt: skip
+
+
+def _argv(data: Path, out: Path, **changed: str | None) -> list[str]:
+    """`histoscan tune` arguments: BASE with `changed` options (--use_folds -> --use-folds; None: left out)."""
+    opts = {**BASE, **{"--" + k.replace("_", "-"): v for k, v in changed.items()}}
+    argv = ["tune", "--data", str(data), "--out", str(out)]
+    for k, v in opts.items():
+        argv += [] if v is None else [k, v]
+    return argv
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` with the bytes of its files (None for a folder)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def tuned(store: PatchStore, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A finished one-trial tune folder made by the CLI with --limit-batches 2, and what the CLI printed."""
+    out = tmp_path_factory.mktemp("tuned") / "tune"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(_argv(store.path, out)) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture
+def folder(tuned: tuple[Path, str], tmp_path: Path) -> Path:
+    """A copy of the tuned folder to run on."""
+    return Path(shutil.copytree(tuned[0], tmp_path / "tune"))
+
+
+def _refused(argv: list[str], folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run `argv`; assert exit 2 with one error line and `folder` left byte for byte; return the line."""
+    before = _snapshot(folder)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("histoscan tune: error: ") and "pass --force" in err, err
+    assert _snapshot(folder) == before
+    return err.strip()
+
+
+def test_a_new_tune_folder_records_its_study(tuned: tuple[Path, str], store: PatchStore) -> None:
+    record = json.loads((tuned[0] / "study.json").read_text())
+    assert record["data"] == str(store.path.resolve()) and record["folds"] == 3 and record["use_folds"] == [0]
+    assert record["search_space"] == {"lr": ["log", [1e-5, 3e-3]], "dropout": ["float", [0.0, 0.7]]}
+    fixed = record["fixed"]
+    assert [fixed[k] for k in ("epochs", "batch_size", "limit_batches", "seed")] == [1, 16, 2, 3]
+    assert not {"lr", "dropout", "data", "out", "folds", "fold"} & set(fixed)
+
+
+@pytest.mark.parametrize(
+    ("changed", "expected"),
+    [
+        ({"use_folds": "0,1"}, "--use-folds 0,1: this tune folder's study used --use-folds 0;"),
+        ({"use_folds": "1"}, "--use-folds 1: this tune folder's study used --use-folds 0;"),
+        ({"folds": "4"}, "--folds 4: this tune folder's study used --folds 3;"),
+        ({"params": "lr"}, "--params lr: this tune folder's study searched lr,dropout;"),
+        ({"params": "lr,dropout,weight_decay"}, "this tune folder's study searched lr,dropout;"),
+        ({"epochs": "2"}, "--epochs 2: this tune folder's study was run with --epochs 1;"),
+        (
+            {"limit_batches": None},
+            "no --limit-batches: this tune folder's study was run with --limit-batches 2;",
+        ),
+        ({"augment": "d4,color"}, "--augment d4,color: this tune folder's study was run with --augment d4;"),
+        ({"balanced": ""}, "--balanced: this tune folder's study was run with no --balanced;"),
+    ],
+)
+def test_another_study_in_a_tune_folder_is_refused(
+    store: PatchStore, folder: Path, changed: dict, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _argv(store.path, folder, **changed)
+    if changed.get("balanced") == "":
+        argv.remove("")  # a flag
+    assert expected in _refused(argv, folder, capsys)
+
+
+def test_other_data_in_a_tune_folder_is_refused(
+    store: PatchStore, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = shutil.copytree(store.path, tmp_path / "other-store")
+    err = _refused(_argv(other, folder), folder, capsys)
+    assert err == (f"histoscan tune: error: --data {other}: this tune folder's study was run on "
+                   f"{store.path.resolve()}; pass --force to start a new study (replacing this one)")  # fmt: skip
+
+
+def test_a_changed_search_range_is_refused(
+    store: PatchStore, folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import histoscan.training.tune as tune_module
+
+    monkeypatch.setitem(tune_module.SEARCH_SPACE, "lr", ("log", (1e-4, 1e-2)))
+    err = _refused(_argv(store.path, folder), folder, capsys)
+    assert "searched lr over log 1e-05..0.003, this histoscan searches log 0.0001..0.01" in err
+
+
+def test_more_trials_continue_the_same_study(store: PatchStore, folder: Path) -> None:
+    first = _trials(folder)
+    record = (folder / "study.json").read_bytes()
+    assert main(_argv(store.path, folder, trials="2", timeout="600")) == 0
+    rows = _trials(folder)
+    assert len(rows) == 2 and rows[0] == first[0]  # the first trial kept, one more run
+    assert (folder / "study.json").read_bytes() == record
+
+
+def test_force_starts_a_new_study(store: PatchStore, folder: Path, tmp_path: Path) -> None:
+    other = shutil.copytree(store.path, tmp_path / "other-store")
+    (folder / "trials" / "0" / "stale.txt").write_text("from the old study")
+    assert main([*_argv(other, folder, params="weight_decay"), "--force"]) == 0
+    rows = _trials(folder)
+    assert len(rows) == 1 and rows[0]["weight_decay"] and not rows[0]["lr"]
+    record = json.loads((folder / "study.json").read_text())
+    assert record["data"] == str(other.resolve()) and list(record["search_space"]) == ["weight_decay"]
+    assert not (folder / "trials" / "0" / "stale.txt").exists()
+
+
+def test_best_yaml_leaves_the_smoke_cap_out_and_the_output_says_it(tuned: tuple[Path, str]) -> None:
+    out, printed = tuned
+    assert [row["state"] for row in _trials(out)] == ["COMPLETE"]
+    best = TrainConfig.load(out / "best.yaml")
+    assert best.limit_batches is None and "limit_batches: null" in (out / "best.yaml").read_text()
+    assert best.epochs == 1 and best.batch_size == 16  # the other fixed options are kept
+    trial_run = TrainConfig.load(out / "trials" / "0" / "fold-0" / "config.yaml")
+    assert trial_run.limit_batches == 2  # the trials themselves ran capped
+    assert "at most 2 batches per epoch (--limit-batches 2); best.yaml leaves the cap out" in printed
+    assert "(trials ran with --limit-batches 2: a smoke run)" in printed
+
+
+def test_a_tune_folder_from_before_the_record_is_checked_against_its_trials(
+    store: PatchStore,
+    folder: Path,
+    tuned: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (folder / "study.json").unlink()
+    other = shutil.copytree(store.path, tmp_path / "other-store")
+    # what the trial runs and the study's parameters show is checked: other data, folds or search space
+    assert "was run on" in _refused(_argv(other, folder), folder, capsys)
+    assert "--use-folds 1: this tune folder's study used --use-folds 0" in _refused(
+        _argv(store.path, folder, use_folds="1"), folder, capsys
+    )
+    assert "searched lr,dropout" in _refused(_argv(store.path, folder, params="lr"), folder, capsys)
+    assert "was run with --epochs 1" in _refused(_argv(store.path, folder, epochs="3"), folder, capsys)
+    # the same command is accepted and records the study as a new tune folder would have
+    assert main(_argv(store.path, folder)) == 0
+    assert "has no study.json (an older histoscan's tune)" in capsys.readouterr().out
+    assert (folder / "study.json").read_bytes() == (tuned[0] / "study.json").read_bytes()
+    assert _trials(folder) == _trials(tuned[0])  # nothing more to run: --trials 1 was reached
+
+
+def test_legacy_trials_of_different_studies_are_refused(
+    store: PatchStore, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder / "study.json").unlink()
+    mixed = folder / "trials" / "1" / "fold-0"
+    shutil.copytree(folder / "trials" / "0" / "fold-0", mixed)
+    cfg = TrainConfig.load(mixed / "config.yaml")
+    TrainConfig(**{**cfg.to_dict(), "epochs": 5}).save(mixed / "config.yaml")  # the old bug: another --epochs
+    assert "were run on different data or options" in _refused(_argv(store.path, folder), folder, capsys)
+
+
+def test_a_record_without_a_newer_option_means_its_default(store: PatchStore, folder: Path) -> None:
+    record = json.loads((folder / "study.json").read_text())
+    del record["fixed"]["ema"]  # as if recorded before TrainConfig had `ema` (default 0.0)
+    (folder / "study.json").write_text(json.dumps(record))
+    assert main(_argv(store.path, folder)) == 0
+    assert main(_argv(store.path, folder, ema="0.9")) == 2

@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Search learning rate, weight decay, dropout, batch size and augmentation (histoscan.training."
         "tune.SEARCH_SPACE) by the mean held-out AUC over --use-folds of a grouped --folds split. Bad trials are "
         "pruned on their first fold. The study is OUT/study.db: run the same command again to continue a tune "
-        "that was stopped. Writes OUT/trials.csv and OUT/best.yaml (use: histoscan train --config OUT/best.yaml).",
+        "that was stopped (--trials and --timeout may change; other data, folds, searched fields or options are "
+        "refused: --force starts a new study). Writes OUT/trials.csv and OUT/best.yaml (use: histoscan train "
+        "--config OUT/best.yaml; a --limit-batches smoke cap is left out of it).",
     )
     add_train_options(p)
     p.add_argument(
@@ -52,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"no trial completed; see {r['out']}/trials.csv")
         return 0
     shown = ", ".join(f"{k}={v}" for k, v in r["best_params"].items())
-    print(f"best: mean AUC {r['best_value']:.4f} with {shown}")
+    capped = (
+        f" (trials ran with --limit-batches {r['limit_batches']}: a smoke run)" if r["limit_batches"] else ""
+    )
+    print(f"best: mean AUC {r['best_value']:.4f} with {shown}{capped}")
     print(f"wrote {r['out']}/trials.csv and {r['best_config']}")
     print(f"next: histoscan train --config {r['best_config']} --data {args.data} --out runs/tuned")
     return 0

@@ -4,14 +4,22 @@ The objective of a trial is the mean held-out AUC over the chosen folds of a gro
 folds as `histoscan cv`); bad trials are pruned on their first fold by Optuna's Lightning integration (median
 rule over the trials so far, epoch by epoch). The study lives in OUT/study.db, so a tune that was killed
 continues where it stopped when the same command runs again: its unfinished trial is marked failed and its
-parameters are tried again first. OUT/trials.csv is the results table and OUT/best.yaml the best configuration,
-which `histoscan train --config OUT/best.yaml` accepts.
+parameters are tried again first. A tune folder continues only its own study: OUT/study.json records the data,
+folds, search space and fixed options it was created with, and a command that differs in any of them (all but
+--trials and --timeout) is refused unless --force starts a new study. OUT/trials.csv is the results table and
+OUT/best.yaml the best configuration, which `histoscan train --config OUT/best.yaml` accepts (without the
+smoke-run cap --limit-batches, which a tune's trials may use but a real run must not inherit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import hashlib
+import json
+import shutil
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from histoscan.config import TrainConfig
+from histoscan.config import TrainConfig, option_name
 from histoscan.data.store import resolve_store
 from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.metrics import compute_metrics
@@ -28,7 +36,7 @@ from histoscan.inference.tta import infer
 from histoscan.run import RunDir
 from histoscan.training.progress import Echo
 from histoscan.training.train import train
-from histoscan.utils.fs import atomic_path, guard_output
+from histoscan.utils.fs import atomic_path, atomic_write_text, guard_output
 from histoscan.utils.numeric import sigmoid
 
 # The search space, declared here and only here: field -> (kind, arguments). Kinds: "log" (log-uniform float
@@ -41,6 +49,9 @@ SEARCH_SPACE: dict[str, tuple[str, Any]] = {
     "augment": ("choice", ["d4", "d4,color", "d4,hed", "d4,affine"]),
 }
 STUDY = "histoscan"
+RECORD = "study.json"  # the study's identity, written when the tune folder is created
+_NOT_FIXED = ("data", "out", "folds", "fold")  # TrainConfig fields that are no fixed option of a study
+_FORCE = "pass --force to start a new study (replacing this one)"
 
 
 def _optuna() -> Any:
@@ -94,6 +105,111 @@ def _recover(study: Any, optuna: Any) -> tuple[int, int]:
     return len(stale), queued
 
 
+def study_identity(config: TrainConfig, folds: int, use_folds: Sequence[int], params: Sequence[str]) -> dict:
+    """What makes a study: data, folds, use_folds, the searched fields with their ranges and the fixed options."""
+    fixed = {k: v for k, v in config.to_dict().items() if k not in (*_NOT_FIXED, *params)}
+    space = {p: [SEARCH_SPACE[p][0], list(SEARCH_SPACE[p][1])] for p in params}
+    identity = {"data": _data_id(config.data), "folds": folds, "use_folds": list(use_folds), "search_space": space,
+                "fixed": fixed}  # fmt: skip
+    return json.loads(json.dumps(identity))  # as it reads back from study.json (lists, not tuples)
+
+
+def _data_id(data: str) -> str:
+    p = Path(data).expanduser()
+    return str(p.resolve()) if p.exists() else str(data)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HistoscanInputError(f"{path}: unreadable study record ({e}); {_FORCE}") from None
+    if not isinstance(old, dict) or not {"data", "folds", "use_folds", "search_space", "fixed"} <= set(old):
+        raise HistoscanInputError(f"{path}: not a tune's study record; {_FORCE}")
+    return old
+
+
+def _legacy_identity(out: Path, db: Path, new: dict) -> dict:
+    """The study of a tune folder from before study.json, as far as its trials show it (else as `new`).
+
+    Searched fields and ranges come from the study's parameters, data, folds and fixed options from the trial
+    runs' config.yaml; the fold numbers of those runs must be among `new`'s use_folds (their order is unknown).
+    """
+    optuna = _optuna()
+    try:
+        with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as con:
+            rows = con.execute("select distinct param_name, distribution_json from trial_params").fetchall()
+    except sqlite3.Error as e:
+        raise HistoscanInputError(f"{db}: not an Optuna study ({e}); {_FORCE}") from None
+    space: dict[str, list] = {}
+    for name, text in rows:
+        d = optuna.distributions.json_to_distribution(text)
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            space[name] = ["choice", list(d.choices)]
+        else:
+            space[name] = ["log" if getattr(d, "log", False) else "float", [d.low, d.high]]
+    space = json.loads(json.dumps(space)) or new["search_space"]
+    seen, used = set(), set()
+    for path in sorted(out.glob("trials/*/fold-*/config.yaml")):
+        cfg = TrainConfig.load(path).to_dict()
+        fixed = {k: v for k, v in cfg.items() if k not in (*_NOT_FIXED, *space)}
+        seen.add(json.dumps([_data_id(cfg["data"]), cfg["folds"], fixed]))
+        used.add(cfg["fold"])
+    if len(seen) > 1:
+        raise HistoscanInputError(f"--out {out}: the trials of this tune folder (from before {RECORD}) were run "
+                                  f"on different data or options; {_FORCE}")  # fmt: skip
+    data, folds, fixed = json.loads(seen.pop()) if seen else (new["data"], new["folds"], new["fixed"])
+    use_folds = new["use_folds"] if used <= set(new["use_folds"]) else sorted(used)
+    return {"data": data, "folds": folds, "use_folds": use_folds, "search_space": space, "fixed": fixed}
+
+
+def _difference(old: dict, new: dict, config: TrainConfig, params: Sequence[str]) -> str | None:
+    """The first way the study asked for (`new`) differs from the tune folder's (`old`), as an error line."""
+    ours = "this tune folder's study"
+    if old["data"] != new["data"]:
+        return f"--data {config.data}: {ours} was run on {old['data']}; {_FORCE}"
+    if old["folds"] != new["folds"]:
+        return f"--folds {new['folds']}: {ours} used --folds {old['folds']}; {_FORCE}"
+    if old["use_folds"] != new["use_folds"]:
+        used = ",".join(map(str, old["use_folds"]))
+        return f"--use-folds {','.join(map(str, new['use_folds']))}: {ours} used --use-folds {used}; {_FORCE}"
+    was, now = old["search_space"], new["search_space"]
+    if set(was) != set(now):
+        return f"--params {','.join(params)}: {ours} searched {','.join(was)}; {_FORCE}"
+    for name in now:
+        if was[name] != now[name]:
+            return (f"--params {','.join(params)}: {ours} searched {name} over {_span(was[name])}, this histoscan "
+                    f"searches {_span(now[name])}; {_FORCE}")  # fmt: skip
+    # a field added to TrainConfig since the study was recorded had its default then
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                for f in dataclasses.fields(TrainConfig)}  # fmt: skip
+    for name in new["fixed"]:
+        before, after = old["fixed"].get(name, defaults[name]), new["fixed"][name]
+        if before != after:
+            return f"{_given(name, after)}: {ours} was run with {_given(name, before)}; {_FORCE}"
+    return None
+
+
+def _span(entry: list) -> str:
+    kind, arg = entry
+    return f"{{{', '.join(map(str, arg))}}}" if kind == "choice" else f"{kind} {arg[0]:g}..{arg[1]:g}"
+
+
+def _given(name: str, value: Any) -> str:
+    """An option as the user would give it: --epochs 2, --augment d4,color, --balanced, no --limit-batches."""
+    opt = option_name(name)
+    if value is None or value is False:
+        return f"no {opt}"
+    if value is True:
+        return opt
+    if isinstance(value, dict):  # a stain normaliser: told apart by a digest of its parameters
+        digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{opt} <normaliser {digest}>"
+    if isinstance(value, list):
+        return f"{opt} {','.join(map(str, value)) or 'none'}"
+    return f"{opt} {value}"
+
+
 def tune(
     config: TrainConfig,
     out: str | Path,
@@ -110,8 +226,8 @@ def tune(
 
     Args:
         config: the fixed part of every trial (data, model, epochs, ...); searched fields are replaced.
-        out: tune folder (OUT/study.db, OUT/trials.csv, OUT/best.yaml, OUT/trials/<n>/fold-<k>/ runs). An
-            existing tune folder is continued; `force` starts afresh.
+        out: tune folder (OUT/study.json, OUT/study.db, OUT/trials.csv, OUT/best.yaml, OUT/trials/<n>/fold-<k>/
+            runs). An existing tune folder of the same study is continued; `force` starts a new study.
         n_trials: finished trials (complete or pruned) the study should hold in the end.
         folds: grouped folds of the split; `use_folds` are the ones each trial trains and scores.
         params: names of SEARCH_SPACE to search (default all).
@@ -120,7 +236,11 @@ def tune(
         pruner: an Optuna pruner (default: median rule after 2 trials, from the second epoch).
 
     Returns:
-        {"best_value", "best_params", "best_config", "n_trials", "out"}.
+        {"best_value", "best_params", "best_config", "n_trials", "out", "limit_batches"} (the trials' cap).
+
+    Raises:
+        HistoscanInputError: bad arguments, or an existing tune folder whose study differs from this call in
+            data, folds, use_folds, searched fields or fixed options (without `force`; OUT is left as it was).
     """
     optuna = _optuna()
     from optuna_integration import PyTorchLightningPruningCallback
@@ -136,14 +256,24 @@ def tune(
         raise HistoscanInputError(f"--trials {n_trials} / --folds {folds} / --use-folds {list(use_folds)}: need "
                                   f"trials >= 1, folds >= 2 and fold numbers in 0..{folds - 1}")  # fmt: skip
     out = Path(out).expanduser()
-    db = out / "study.db"
-    if force or not db.is_file():
+    db, record = out / "study.db", out / RECORD
+    identity = study_identity(config, folds, use_folds, params)
+    existing = not force and (db.is_file() or record.is_file())
+    if existing:  # continue only the same study; checked before anything in OUT changes
+        old = _read_record(record) if record.is_file() else _legacy_identity(out, db, identity)
+        difference = _difference(old, identity, config, params)
+        if difference:
+            raise HistoscanInputError(difference)
+    else:
         guard_output(out, force, "folder", "--out")
-        if force and out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    store = resolve_store(config.data, image_size=config.image_size, fit=config.fit, skip_bad=config.skip_bad)
+    if force and out.exists():
+        shutil.rmtree(out)
+    if not record.is_file():  # a new study, or one from before study.json that matched this command
+        if existing and echo is not None:
+            echo(f"tune: {out} has no {RECORD} (an older histoscan's tune): its trials match this command; "
+                 f"recorded the study in {record}")  # fmt: skip
+        atomic_write_text(record, json.dumps(identity, indent=1) + "\n")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=STUDY,
@@ -161,7 +291,9 @@ def tune(
             else f"({queued} queued again; the others had no parameters yet)"
         )
         echo(f"tune: continuing {db}: {failed} unfinished trial(s) marked failed {again}")
-    store = resolve_store(config.data, image_size=config.image_size, fit=config.fit, skip_bad=config.skip_bad)
+    if echo is not None and config.limit_batches:
+        echo(f"tune: smoke run: every trial trains at most {config.limit_batches} batches per epoch "
+             f"(--limit-batches {config.limit_batches}); best.yaml leaves the cap out")  # fmt: skip
 
     def objective(trial: Any) -> float:
         values = suggest(trial, params)
@@ -199,6 +331,7 @@ def tune(
         "best_config": str(out / "best.yaml") if best is not None else None,
         "n_trials": len(study.trials),
         "out": str(out),
+        "limit_batches": config.limit_batches,
     }
 
 
@@ -226,5 +359,6 @@ def _write_results(study: Any, out: Path, config: TrainConfig, optuna: Any) -> N
         values = dict(best.params)
         if isinstance(values.get("augment"), str):
             values["augment"] = values["augment"].split(",")
-        cfg = dataclasses.replace(config, **values, out="", folds=None, fold=None)
+        # a smoke-run cap of the trials is no part of the configuration a real run should train with
+        cfg = dataclasses.replace(config, **values, out="", folds=None, fold=None, limit_batches=None)
         cfg.save(out / "best.yaml")
