@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from histoscan.config import TrainConfig
+
+FINAL_CONFIG = "final-config.yaml"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,16 +41,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the cross-validation, one line per fold start and result, then the pooled figures."""
+    """Run the cross-validation, one line per fold start and result, then the pooled figures and the command
+    that trains the final model with the same options on all the data (its options in OUT/final-config.yaml)."""
     from histoscan.cli.train import config_from_args
     from histoscan.training.crossval import crossval
 
+    config = config_from_args(args)
     r = crossval(
-        config_from_args(args),
+        config,
         folds=args.folds,
         tta=args.tta,
         force=args.force,
-        echo=lambda line: print(line, flush=True),
+        echo=_fold_echo,
         resume=args.resume,
         use_folds=parse_folds(args.use_folds),
     )
@@ -52,9 +63,26 @@ def run(args: argparse.Namespace) -> int:
     for k in ("auc", "balanced_accuracy", "f1"):
         lo, hi = ci[k] if ci.get(k) else (float("nan"), float("nan"))
         print(f"  {k:18s} {m[k]:.3f}  [{lo:.3f}, {hi:.3f}]")
-    print(f"wrote {args.out}/cv.json and {args.out}/predictions.csv")
-    print(f"next: histoscan train --data {args.data} --out runs/final  (the same options, on all the data)")
+    out = Path(config.out)
+    final = final_config(config, out)
+    print(f"wrote {out}/cv.json, {out}/predictions.csv and {final}")
+    command = ["histoscan", "train", "--config", str(final), "--data", config.data, "--out", f"{out}-final"]
+    print(f"next: {shlex.join(command)}  # the same options, on all the data")
     return 0
+
+
+def _fold_echo(line: str) -> None:
+    """Print a fold's lines, but not its training summary's `next:` command: cv has evaluated the fold."""
+    if not line.startswith("next:"):
+        print(line, flush=True)
+
+
+def final_config(config: TrainConfig, out: Path) -> Path:
+    """Write OUT/final-config.yaml: the cross-validated options for `histoscan train --config` (no fold, no
+    run folder, and no --limit-batches cap: a smoke-run cap is no part of the configuration to train with)."""
+    path = out / FINAL_CONFIG
+    dataclasses.replace(config, out="", folds=None, fold=None, limit_batches=None).save(path)
+    return path
 
 
 def parse_folds(text: str | None) -> list[int] | None:

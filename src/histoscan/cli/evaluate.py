@@ -108,6 +108,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"report: {m['out']}/report.html")
     print(
-        f"next: histoscan predict {args.run} --data NEW_DATA --out predictions.csv  (threshold {m['threshold']:.3g})"
+        f"next: histoscan predict {args.run} --data NEW_DATA --out predictions.csv  # threshold {m['threshold']:.3g}"
     )
     return 0
