@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from histoscan.errors import HistoscanInputError
+from histoscan.ranges import Range, RangeAction, option_name
 
 Fit = Literal["pad", "resize"]
 AUGMENT_OPS = ("d4", "affine", "color", "hed")
@@ -36,10 +37,8 @@ def _opt(
     factory: Any = None,
 ) -> Any:
     """A config field with its CLI help and its allowed range (`low`/`high`; `*_open`: bound excluded)."""
-    meta = dict(
-        help=help, type=type, low=low, high=high, low_open=low_open, high_open=high_open,
-        choices=choices, cli=cli, metavar=metavar,
-    )  # fmt: skip
+    bounds = None if type is None else Range(type, low, high, low_open, high_open)
+    meta = dict(help=help, type=type, range=bounds, choices=choices, cli=cli, metavar=metavar)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,7 +50,11 @@ class TrainConfig:
 
     data: str = _opt("", "labelled source (PCam, Kaggle HCD, manifest CSV, folders) or STORE", cli=False)
     out: str = _opt("", "run folder to create", cli=False)
-    model: str = _opt("simple-cnn", "model name (see README: simple-cnn, resnet18/34/50, resnet50-head, ...)")
+    model: str = _opt(
+        "simple-cnn",
+        "model id: simple-cnn, resnet50-head, resnet18, resnet34, resnet50, resnet18-small, resnet10-small, "
+        "p4m-cnn, timm:<name> or torchvision:<name>",
+    )
     image_size: int | None = _opt(
         None, "patch size in px (default: the source's native size)", type=int, low=8, high=4096
     )
@@ -226,34 +229,14 @@ class TrainConfig:
         return cls.from_dict(d, source=str(path))
 
 
-def option_name(name: str) -> str:
-    """The CLI option of a config field: image_size -> --image-size."""
-    return "--" + name.replace("_", "-")
-
-
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     meta, opt = f.metadata, option_name(f.name)
     if value is None:
         if f.default is not None and f.default is not dataclasses.MISSING:
             raise HistoscanInputError(f"{opt}: a value is required")
         return
-    kind = meta.get("type")
-    if kind is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise HistoscanInputError(f"{opt} {value!r}: must be a number")
-        if kind is int and int(value) != value:
-            raise HistoscanInputError(f"{opt} {value}: must be a whole number")
-        if value != value:  # NaN
-            raise HistoscanInputError(f"{opt} {value}: must be a number")
-        low, high = meta.get("low"), meta.get("high")
-        if low is not None and (value < low or (meta.get("low_open") and value == low)):
-            raise HistoscanInputError(
-                f"{opt} {value}: must be {'above' if meta.get('low_open') else 'at least'} {low}"
-            )
-        if high is not None and (value > high or (meta.get("high_open") and value == high)):
-            raise HistoscanInputError(
-                f"{opt} {value}: must be {'below' if meta.get('high_open') else 'at most'} {high}"
-            )
+    if meta.get("range") is not None:
+        meta["range"].check(opt, value)
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise HistoscanInputError(f"{opt} {value}: choose from {', '.join(choices)}")
@@ -271,7 +254,8 @@ def _default_text(f: dataclasses.Field) -> str:
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """Add one option per CLI-visible TrainConfig field; help, choices and defaults come from the field.
 
-    Every option defaults to None ("not given"), so :func:`config_from_options` can tell what the user set.
+    Every option defaults to None ("not given"), so :func:`config_from_options` can tell what the user set; a
+    numeric option is checked against its field's range as it is parsed (exit 2 naming the option).
     """
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
@@ -283,8 +267,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option_name(f.name), action="store_true", default=None, help=meta["help"])
             continue
         kwargs: dict[str, Any] = dict(default=None, help=text.replace("%", "%%"))
-        if meta.get("type") is not None:
-            kwargs["type"] = meta["type"]
+        if meta.get("range") is not None:  # checked as it is parsed: a bad value stops before anything runs
+            kwargs.update(action=RangeAction, bounds=meta["range"])
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
         if meta.get("metavar"):

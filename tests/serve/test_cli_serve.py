@@ -87,3 +87,40 @@ def test_url_is_announced_only_when_the_server_answers(
         except ProcessLookupError:
             pass
         log.close()
+
+
+def test_busy_port_is_one_line_before_the_model_loads(tiny_run: Path, capsys, monkeypatch) -> None:
+    """A port in use is exit 2 naming --port at once, not uvicorn's error after the model has loaded."""
+    import histoscan.serve.app as app_module
+    from histoscan.cli import main
+
+    def no_load(*args, **kwargs):  # pragma: no cover - reached only when the check is missing
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(app_module, "create_app", no_load)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", str(tiny_run), "--host", "127.0.0.1", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == f"histoscan serve: error: --port {port}: 127.0.0.1:{port} is already in use\n"
+
+
+def test_help_lists_every_endpoint_of_the_app(tiny_run: Path) -> None:
+    """`serve --help` names each route of the API (method and path), and only those."""
+    from histoscan.cli import build_parser, iter_commands
+    from histoscan.cli.serve import ENDPOINTS, PAGES
+    from histoscan.serve import ServeSettings, create_app
+
+    app = create_app(tiny_run, ServeSettings(device="cpu"))
+    routes = {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops}
+    assert routes == {(method, path) for method, path, _ in ENDPOINTS}
+    served = {getattr(r, "path", None) for r in app.routes}
+    assert set(PAGES) <= served
+    text = " ".join(dict(iter_commands(build_parser()))["serve"].format_help().split())
+    for method, path, _ in ENDPOINTS:
+        assert f"{method} {path} " in text, (method, path)
+    for path in PAGES:
+        assert path in text

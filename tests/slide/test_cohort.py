@@ -25,7 +25,7 @@ from histoscan.slide.io import open_slide
 from histoscan.slide.tiles import OUTPUTS, SlideOptions
 
 CMU_MPP = 0.499
-OPTS = SlideOptions(workers=1, batch_size=64)
+OPTS = SlideOptions(read_threads=1, batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def test_other_model_or_settings_remap(
     assert counted == ["crop0"]
     other = run_cohort(make_run(tmp_path / "other", image_size=32, mpp=4.0, seed=1), source, out, OPTS)
     assert other.model_id != first.model_id and counted == ["crop0", "crop0"]
-    run_cohort(run32, source, out, SlideOptions(workers=1, threshold=0.9))
+    run_cohort(run32, source, out, SlideOptions(read_threads=1, threshold=0.9))
     assert len(counted) == 3 and _rows(out)[0]["model_id"] == first.model_id
 
 
@@ -362,7 +362,11 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(
         source, rest = str(tmp_path / "bad.csv"), []
     elif rest[0] == "--model":
         model, rest = str(tmp_path / rest[1]), []
-    assert main(["slides", model, source, "--out", str(tmp_path / "o"), *rest]) == 2
+    try:
+        code = main(["slides", model, source, "--out", str(tmp_path / "o"), *rest])
+    except SystemExit as e:  # a value outside its range stops at parsing
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("histoscan slides: error: ") and needle in err, err
     assert not (tmp_path / "o").exists()

@@ -167,7 +167,7 @@ def test_stream_tiles_order_and_errors(slides: Path) -> None:
     grid = plan_grid(reader, 32, 4.0)
     rc = np.argwhere(np.ones((grid.rows, grid.cols), bool))
     xy = grid.origins(rc)
-    batches = list(stream_tiles(reader, grid, xy, batch_size=10, workers=2, prefetch=2))
+    batches = list(stream_tiles(reader, grid, xy, batch_size=10, read_threads=2, prefetch=2))
     assert [s for s, _ in batches] == list(range(0, len(xy), 10))
     allt = np.concatenate([b for _, b in batches])
     assert allt.shape == (len(xy), 32, 32, 3) and allt.dtype == np.uint8

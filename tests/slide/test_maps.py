@@ -246,5 +246,8 @@ def test_cli_stride_and_smooth(mosaic, run96: Path, tmp_path: Path, capsys) -> N
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert (s["stride"], s["smooth"], s["tiles_per_cell"], s["cell_size_level0"]) == (48, 0.75, 4, 48)
     assert "px every 48 for" in capsys.readouterr().out
-    assert main([*base, "--out", str(tmp_path / "c"), "--smooth", "-1"]) == 2
-    assert "--smooth -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # outside its range: stops at parsing
+        main([*base, "--out", str(tmp_path / "c"), "--smooth", "-1"])
+    assert stop.value.code == 2
+    assert "--smooth -1: must be at least 0" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

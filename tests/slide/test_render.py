@@ -65,6 +65,13 @@ def test_colour_bar_marks_the_threshold_at_its_middle() -> None:
     assert np.abs(near - np.array(MID)).max() <= 12  # pale yellow around the line
 
 
+@pytest.mark.parametrize("threshold", [1.5, -0.5, 0.0, 1.0])
+def test_colour_bar_of_a_threshold_at_or_outside_0_1_is_drawn(threshold: float) -> None:
+    """A run's threshold.json outside 0..1 (edited by hand) once raised LinAlgError: it is marked at the bar's end."""
+    bar = np.asarray(colour_bar(threshold, 300))
+    assert bar.shape[0] >= 240 and bar.shape[1] > 0 and bar.std() > 0
+
+
 @pytest.mark.parametrize(
     ("um_per_px", "width", "um"),
     [

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from histoscan import __version__
 from histoscan.errors import HistoscanInputError
@@ -33,6 +34,9 @@ COMMANDS = [
 ]
 
 
+VERBOSE_HELP = "log progress details (-v) or debug output (-vv); before or after the command"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors: one line, exit 2 (argparse's own convention)
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -44,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="histoscan", description="Tumour detection in H&E histopathology patches and slides."
     )
     parser.add_argument("--version", action="version", version=f"histoscan {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log progress details (-v) or debug output (-vv)"
-    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -56,7 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for _, command in iter_commands(parser):  # global options work after the subcommand too
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            dest="verbose_after",
+            default=argparse.SUPPRESS,
+            help=VERBOSE_HELP,
+        )
     return parser
+
+
+def iter_commands(
+    parser: argparse.ArgumentParser, path: str = ""
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """(command path, parser) of every (sub)command under `parser`, e.g. ("stain fit", its parser)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                yield f"{path} {name}".strip(), command
+                yield from iter_commands(command, f"{path} {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # WARNING by default: a command prints its own start/summary lines, and a user error stays one line
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no Tip banners
     try:

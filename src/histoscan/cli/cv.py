@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `cv` subcommand (train's options plus --folds and --tta)."""
     from histoscan.cli.evaluate import add_tta_option
     from histoscan.cli.train import add_train_options
+    from histoscan.config import TrainConfig
+    from histoscan.ranges import field_option
 
     p = sub.add_parser(
         "cv",
@@ -26,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "patients, pool the predictions into OUT/cv.json.",
     )
     add_train_options(p)
-    p.add_argument("--folds", type=int, default=5, help="number of grouped folds, at least 2 (default 5)")
+    p.add_argument(
+        "--folds", **field_option(TrainConfig, "folds", default=5), help="number of grouped folds (default 5)"
+    )
     p.add_argument(
         "--use-folds",
         metavar="K,K,...",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from histoscan.data.download import DEFAULT_URL, SPLITS, URL_ENV, download_pcam
+from histoscan.ranges import number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,14 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recheck", action="store_true", help="re-hash files verified by an earlier run")
     p.add_argument(
         "--timeout",
-        type=float,
+        **number(float, low=0, low_open=True, high=86_400),
         default=10.0,
         metavar="S",
         help="seconds to wait for a connection or a stalled transfer (default 10)",
     )
     p.add_argument(
         "--retries",
-        type=int,
+        **number(int, low=0, high=1000),
         default=3,
         metavar="N",
         help="automatic resumes of a transfer that breaks off (default 3)",
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         keep_gz=args.keep_gz,
         recheck=args.recheck,
         timeout=args.timeout,
-        retries=max(0, args.retries),
+        retries=args.retries,
     )
     for r in results:
         print(f"{r.action:>12}  {r.path}")

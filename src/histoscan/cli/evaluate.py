@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from histoscan.config import TrainConfig
+from histoscan.ranges import field_option, number
+
 
 def add_tta_option(p: argparse.ArgumentParser) -> None:
     """--tta, shared by evaluate, predict and cv."""
@@ -24,7 +27,7 @@ def add_inference_options(p: argparse.ArgumentParser, batch_size: int = 256) -> 
     add_tta_option(p)
     p.add_argument(
         "--batch-size",
-        type=int,
+        **number(int, low=1, high=65_536),
         default=batch_size,
         metavar="B",
         help=f"patches per forward pass, before TTA views (default {batch_size})",
@@ -56,11 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_inference_options(p)
     p.add_argument(
         "--target-sensitivity",
-        type=float,
+        **field_option(TrainConfig, "target_sensitivity"),
         metavar="S",
         help="re-choose the threshold on the run's validation split to reach sensitivity S",
     )
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument(
+        "--n-boot",
+        **number(int, low=0, high=1_000_000),
+        default=1000,
+        help="bootstrap resamples for the CIs (0: none; default 1000)",
+    )
     p.set_defaults(func=run)
 
 

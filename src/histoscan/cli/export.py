@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from histoscan.ranges import number
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `export` subcommand."""
@@ -18,7 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="RUN_OR_CKPT", help="run folder or checkpoint")
     p.add_argument("--out", required=True, metavar="FILE", help="destination .onnx file")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(  # the ceiling is the installed onnx's newest opset, checked by the export
+        "--opset",
+        **number(int, low=11),
+        default=17,
+        help="ONNX opset (default 17; at most the installed onnx's)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.set_defaults(func=run)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from histoscan.ranges import number
+
 if TYPE_CHECKING:
     from histoscan.data.store import PatchStore
 
@@ -22,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="STORE", help="store folder to write")
     p.add_argument(
         "--image-size",
-        type=int,
+        **number(int, low=8, high=4096),
         metavar="S",
         help="patch side in px (default: 96 for PCam/HCD, else the most common size in the data)",
     )

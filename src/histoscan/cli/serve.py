@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import logging
 import os
@@ -10,9 +11,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from histoscan.errors import HistoscanInputError
+from histoscan.ranges import field_option
 from histoscan.serve.settings import ServeSettings  # stdlib only; the app (FastAPI) is imported by run()
 
 log = logging.getLogger(__name__)
@@ -21,32 +24,64 @@ STARTUP_TIMEOUT_S = 600  # the URL is announced only once the server answers; gi
 PROBE_TIMEOUT_S = 2.0
 
 
+# every endpoint of the API (histoscan.serve.app), for `serve --help`; tests/serve/test_cli_serve.py checks it
+# against the app's routes
+ENDPOINTS = (
+    ("POST", "/v1/predict", "probabilities"),
+    ("POST", "/v1/explain", "Grad-CAM"),
+    ("POST", "/v1/preview", "the patch as the model sees it"),
+    ("GET", "/v1/model", "model card and limits"),
+    ("GET", "/healthz", "liveness"),
+    ("GET", "/metrics", "Prometheus"),
+)
+PAGES = ("/docs", "/redoc", "/")  # API docs (no internet needed) and the web page
+
+
+def _endpoints_text() -> str:
+    listed = ", ".join(f"{method} {path} ({what})" for method, path, what in ENDPOINTS)
+    return f"{listed}; API docs at {PAGES[0]} and {PAGES[1]} and a web page at {PAGES[2]}"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `serve` subcommand."""
-    d = ServeSettings()  # defaults live in ServeSettings only
+    d = ServeSettings()  # defaults and ranges live in ServeSettings only
     p = subparsers.add_parser(
         "serve",
         help="HTTP API + web page for a model",
-        description="Serve MODEL over HTTP: POST /v1/predict, /v1/explain, GET /v1/model, /healthz, "
-        "/metrics, API docs at /docs and /redoc (no internet needed) and a web page at /. Set "
-        "HISTOSCAN_API_KEY to require `Authorization: Bearer <key>`. The URL is printed once the server "
-        "answers.",
+        description=f"Serve MODEL over HTTP: {_endpoints_text()}. Set HISTOSCAN_API_KEY to require "
+        "`Authorization: Bearer <key>`. The URL is printed once the server answers.",
     )
     p.add_argument("model", metavar="MODEL", help="run folder, checkpoint (.ckpt) or ONNX export (.onnx)")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}: this machine only)")
-    p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
-    p.add_argument("--workers", type=int, default=d.workers, help="server processes, each with its own model")
+    p.add_argument(
+        "--port", **field_option(ServeSettings, "port"), help=f"port (default {d.port}; 0: any free one)"
+    )
+    p.add_argument(
+        "--workers",
+        **field_option(ServeSettings, "workers"),
+        help="server processes, each with its own model",
+    )
     p.add_argument(
         "--device", default=d.device, help="torch device: auto (CUDA when available), cpu, cuda:0 …"
     )
     p.add_argument(
-        "--max-upload-mb", type=float, default=d.max_upload_mb, help="request body cap in MB (413)"
+        "--max-upload-mb", **field_option(ServeSettings, "max_upload_mb"), help="request body cap in MB (413)"
     )
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest width x height of an image")
-    p.add_argument("--max-files", type=int, default=d.max_files, help="images in one /v1/predict request")
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help="largest micro-batch (1: no batching)")
-    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a batch waits to fill")
-    p.add_argument("--queue-size", type=int, default=d.queue_size, help="images waiting at most, then 503")
+    p.add_argument(
+        "--max-pixels", **field_option(ServeSettings, "max_pixels"), help="largest width x height of an image"
+    )
+    p.add_argument(
+        "--max-files", **field_option(ServeSettings, "max_files"), help="images in one /v1/predict request"
+    )
+    p.add_argument(
+        "--max-batch", **field_option(ServeSettings, "max_batch"), help="largest micro-batch (1: no batching)"
+    )
+    p.add_argument(
+        "--max-wait-ms", **field_option(ServeSettings, "max_wait_ms"), help="how long a batch waits to fill"
+    )
+    p.add_argument(
+        "--queue-size", **field_option(ServeSettings, "queue_size"), help="images waiting at most, then 503"
+    )
     p.set_defaults(func=run)
 
 
@@ -60,13 +95,10 @@ def run(args: argparse.Namespace) -> int:
 
     from histoscan.serve.app import create_app, settings_to_env
 
-    for opt in ("port", "workers", "max_batch", "queue_size", "max_files", "max_pixels"):
-        if getattr(args, opt) < (0 if opt == "port" else 1):
-            raise HistoscanInputError(
-                f"--{opt.replace('_', '-')}: must be positive (got {getattr(args, opt)})"
-            )
-    if args.max_upload_mb <= 0 or args.max_wait_ms < 0:
-        raise HistoscanInputError("--max-upload-mb must be > 0 and --max-wait-ms >= 0")
+    if not Path(args.model).exists():  # the cheap checks first, then the port, then the (slow) model load
+        raise HistoscanInputError(f"{args.model}: no such run folder, checkpoint or .onnx file")
+    if args.port:  # a busy port is exit 2 now, not uvicorn's error once the model has loaded
+        _check_port_free(args.host, args.port)
     port = args.port if args.port or args.workers == 1 else _free_port(args.host)  # workers share one port
     settings = ServeSettings(
         host=args.host,
@@ -124,6 +156,23 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stop.set()
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise HistoscanInputError naming --port (or --host) unless HOST:PORT can be bound now, as uvicorn will."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise HistoscanInputError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise HistoscanInputError(f"--port {port}: {host}:{port} is already in use") from None
+            raise HistoscanInputError(f"--host {host} --port {port}: cannot bind ({e.strerror})") from None
 
 
 def _free_port(host: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from histoscan.ranges import field_option
 from histoscan.slide.tiles import OUTPUTS, SlideOptions  # light: numpy and PIL, no torch or scipy
 
 _D = SlideOptions()
@@ -24,54 +25,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --force)")
     add_slide_options(p)
+    p.add_argument(  # the old name of --read-threads (`--workers` means parallel slide workers, as in `slides`)
+        "--workers", **field_option(SlideOptions, "read_threads"), dest="read_threads",
+        deprecated_for="--read-threads", help=argparse.SUPPRESS,
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.set_defaults(func=run)
 
 
-def add_slide_options(p: argparse.ArgumentParser, threads_flag: str = "--workers") -> None:
-    """The options of `histoscan slide` that `histoscan slides` shares: mapping (SlideOptions), model
-    backend/device, and --no-progress. `threads_flag` names the tile-reading threads option (dest
-    `tile_workers`)."""
+def add_slide_options(p: argparse.ArgumentParser) -> None:
+    """The options of `histoscan slide` that `histoscan slides` shares: mapping (SlideOptions, whose fields
+    declare each range), model backend/device, --read-threads and --no-progress."""
     p.add_argument(
         "--mpp",
-        type=float,
-        default=_D.mpp,
+        **field_option(SlideOptions, "mpp"),
         help="the SLIDE's level-0 µm/px, overriding its metadata (required when the slide records none); "
         "the patch µm/px comes from the model",
     )
     p.add_argument(
         "--model-mpp",
-        type=float,
-        default=_D.model_mpp,
+        **field_option(SlideOptions, "model_mpp"),
         help="µm/px of the training patches when the run records none (PCam: 0.972)",
     )
     p.add_argument(
         "--stride",
-        type=int,
-        default=_D.stride,
-        help="tile step in model pixels (default: half the tile size); below the tile size the tiles overlap "
-        "and each heatmap cell (one per step) is the mean of the tiles covering it; the tile size (e.g. 96) "
-        "classifies 4x fewer tiles",
+        **field_option(SlideOptions, "stride"),
+        help="tile step in model pixels, at most the tile size (default: half the tile size); below the tile "
+        "size the tiles overlap and each heatmap cell (one per step) is the mean of the tiles covering it; the "
+        "tile size (e.g. 96) classifies 4x fewer tiles",
     )
     p.add_argument(
         "--smooth",
-        type=float,
-        default=_D.smooth,
+        **field_option(SlideOptions, "smooth"),
         metavar="SIGMA",
         help=f"Gaussian smoothing of the heatmap's logits over the tissue, sigma in tile widths (0: off; "
         f"{_D.smooth:g})",
     )
     p.add_argument(
-        "--threshold", type=float, default=_D.threshold, help="tumour threshold (default: the run's)"
+        "--threshold", **field_option(SlideOptions, "threshold"), help="tumour threshold (default: the run's)"
     )
-    p.add_argument("--batch-size", type=int, default=_D.batch_size, help=f"tiles per batch ({_D.batch_size})")
     p.add_argument(
-        "--level", type=int, default=_D.level, help="pyramid level to read (default: best for the mpp)"
+        "--batch-size", **field_option(SlideOptions, "batch_size"), help=f"tiles per batch ({_D.batch_size})"
+    )
+    p.add_argument(
+        "--level",
+        **field_option(SlideOptions, "level"),
+        help="pyramid level to read (default: best for the mpp)",
     )
     p.add_argument(
         "--min-tissue",
-        type=float,
-        default=_D.min_tissue,
+        **field_option(SlideOptions, "min_tissue"),
         help=f"tissue fraction to classify a tile ({_D.min_tissue})",
     )
     p.add_argument(
@@ -86,38 +89,25 @@ def add_slide_options(p: argparse.ArgumentParser, threads_flag: str = "--workers
         "--reader", choices=["auto", "openslide", "tifffile"], default=_D.reader, help="slide reader (auto)"
     )
     p.add_argument(
-        threads_flag,
-        dest="tile_workers",
-        type=int,
+        "--read-threads",
+        **field_option(SlideOptions, "read_threads"),
         metavar="N",
-        default=_D.workers,
-        help=f"tile-reading threads per slide ({_D.workers})",
+        help=f"tile-reading threads per slide ({_D.read_threads})",
     )
     p.add_argument(
         "--explain",
-        type=int,
-        default=_D.explain,
+        **field_option(SlideOptions, "explain"),
         metavar="K",
         help="Grad-CAM of the top-K tumour tiles (of the K most probable tiles, marked below-threshold, when "
         "no tile reaches the threshold)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(threads_flag=threads_flag)
 
 
 def slide_options(args: argparse.Namespace, force: bool = False) -> SlideOptions:
-    """SlideOptions from the options `add_slide_options` declared, checked (one-line errors, exit 2)."""
+    """SlideOptions from the options `add_slide_options` declared (ranges were checked as they were parsed)."""
     from histoscan.errors import HistoscanInputError
 
-    for flag, value in (("--batch-size", args.batch_size), (args.threads_flag, args.tile_workers)):
-        if value < 1:
-            raise HistoscanInputError(f"{flag} {value}: must be at least 1")
-    if not 0 <= args.min_tissue <= 1:
-        raise HistoscanInputError(f"--min-tissue {args.min_tissue}: must be between 0 and 1")
-    if args.smooth < 0:
-        raise HistoscanInputError(f"--smooth {args.smooth}: must be 0 (off) or more")
-    if args.explain < 0:
-        raise HistoscanInputError(f"--explain {args.explain}: must be 0 or more")
     if args.onnx is not None and not args.onnx.is_file():
         raise HistoscanInputError(f"--onnx {args.onnx}: file not found")
     return SlideOptions(
@@ -131,7 +121,7 @@ def slide_options(args: argparse.Namespace, force: bool = False) -> SlideOptions
         min_tissue=args.min_tissue,
         explain=args.explain,
         force=force,
-        workers=args.tile_workers,
+        read_threads=args.read_threads,
         reader=args.reader,
     )
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from histoscan.cli.slide import add_slide_options, slide_options
+from histoscan.ranges import number
 
 EXIT_SOME_FAILED = 3
 
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, type=Path, metavar="DIR", help="cohort folder (an earlier one is resumed)"
     )
-    add_slide_options(p, threads_flag="--read-threads")
+    add_slide_options(p)
     p.add_argument(
         "--force", action="store_true", help="remap every slide (default: skip slides already done)"
     )
@@ -42,13 +43,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--workers",
-        type=int,
+        **number(int, low=1, high=4096),
         metavar="N",
         default=None,
-        help="Ray workers, each loading the model once (default: the cluster's CPUs / --cpus-per-worker)",
+        help="parallel slide workers on Ray, each loading the model once (default: the cluster's CPUs / "
+        "--cpus-per-worker)",
     )
-    g.add_argument("--cpus-per-worker", type=float, metavar="C", default=1.0, help="CPUs per Ray worker (1)")
-    g.add_argument("--gpus-per-worker", type=float, metavar="G", default=0.0, help="GPUs per Ray worker (0)")
+    g.add_argument(
+        "--cpus-per-worker",
+        **number(float, low=0, low_open=True, high=1024),
+        metavar="C",
+        default=1.0,
+        help="CPUs per Ray worker (1)",
+    )
+    g.add_argument(
+        "--gpus-per-worker",
+        **number(float, low=0, high=64),
+        metavar="G",
+        default=0.0,
+        help="GPUs per Ray worker (0)",
+    )
     g.add_argument(
         "--ray-address",
         default=None,
@@ -64,16 +78,6 @@ def run(args: argparse.Namespace) -> int:
     from histoscan.slide.cohort import run_cohort
 
     opts = slide_options(args)
-    if args.workers is not None and args.workers < 1:
-        raise HistoscanInputError(f"--workers {args.workers}: must be at least 1")
-    for flag, value in (
-        ("--cpus-per-worker", args.cpus_per_worker),
-        ("--gpus-per-worker", args.gpus_per_worker),
-    ):
-        if value < 0 or (flag == "--cpus-per-worker" and value == 0):
-            raise HistoscanInputError(
-                f"{flag} {value:g}: must be {'positive' if 'cpus' in flag else '0 or more'}"
-            )
     if args.engine == "local" and (args.ray_address or args.gpus_per_worker or args.workers not in (None, 1)):
         raise HistoscanInputError("--workers/--gpus-per-worker/--ray-address need --engine ray")
     skipped = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from histoscan.errors import HistoscanInputError
+from histoscan.ranges import number
 from histoscan.utils.fs import guard_output, staged_folder
 
 
@@ -23,9 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="output file, e.g. stain.json")
     f.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     f.add_argument(
-        "--max-images", type=int, default=500, help="fit on a seeded sample of this many (default 500)"
+        "--max-images",
+        **number(int, low=1, high=10_000_000),
+        default=500,
+        help="fit on a seeded sample of this many (default 500)",
     )
-    f.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    f.add_argument(
+        "--seed", **number(int, low=0, high=2**32 - 1), default=0, help="sampling seed (default 0)"
+    )
     f.set_defaults(func=run)
     a = sub.add_parser("apply", help="write stain-normalised PNG copies of patches (to inspect a fit)")
     a.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
@@ -41,8 +46,6 @@ def _fit(args: argparse.Namespace) -> int:
     from histoscan.data.images import collect_images, decode_image
     from histoscan.stain import fit_stain, save_stain
 
-    if args.max_images < 1:
-        raise HistoscanInputError("--max-images: must be at least 1")
     files = collect_images(args.images, recursive=True)
     guard_output(args.out, args.force, "file")
     if len(files) > args.max_images:

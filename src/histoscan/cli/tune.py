@@ -8,6 +8,8 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `tune` subcommand (train's options fix everything that is not searched)."""
     from histoscan.cli.train import add_train_options
+    from histoscan.config import TrainConfig
+    from histoscan.ranges import field_option, number
 
     p = sub.add_parser(
         "tune",
@@ -21,14 +23,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_train_options(p)
     p.add_argument(
-        "--trials", type=int, default=20, help="finished trials the study should hold (default 20)"
+        "--trials",
+        **number(int, low=1, high=100_000),
+        default=20,
+        help="finished trials the study should hold (default 20)",
     )
-    p.add_argument("--folds", type=int, default=5, help="grouped folds of the split (default 5)")
+    p.add_argument(
+        "--folds",
+        **field_option(TrainConfig, "folds", default=5),
+        help="grouped folds of the split (default 5)",
+    )
     p.add_argument(
         "--use-folds", default="0", metavar="K,K", help="folds each trial trains and scores (default 0)"
     )
     p.add_argument("--params", metavar="NAMES", help="comma list of the searched fields (default: all)")
-    p.add_argument("--timeout", type=float, metavar="S", help="start no new trial after S seconds")
+    p.add_argument(
+        "--timeout",
+        **number(float, low=0, low_open=True),
+        metavar="S",
+        help="start no new trial after S seconds",
+    )
     p.set_defaults(func=run)
 
 

@@ -14,7 +14,8 @@ class ModelCard:
     """What a trained model expects and how it decides; built once when a model is loaded.
 
     Attributes:
-        model: registry name (e.g. "simple-cnn").
+        model: the model id as `histoscan.models.REGISTRY` spells it (simple-cnn, resnet50-head, resnet18,
+            ...; `--model` of train), or timm:<name> / torchvision:<name>.
         image_size: patch side in px the model takes (uint8 S x S x 3).
         mpp: µm/px of the training patches (None when unknown).
         fit: how images of another size are fitted ("pad" or "resize"), as in training.

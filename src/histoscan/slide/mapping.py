@@ -134,7 +134,7 @@ def _map(
     with tqdm(
         total=len(rc), unit="tile", file=sys.stderr, disable=None if progress else True, desc=Path(slide).name
     ) as bar:
-        for start, batch in stream_tiles(reader, grid, xy, opts.batch_size, opts.workers, opts.prefetch):
+        for start, batch in stream_tiles(reader, grid, xy, opts.batch_size, opts.read_threads, opts.prefetch):
             probs[start : start + len(batch)] = predictor.predict_proba(batch, opts.batch_size)
             pick = sampled[(sampled >= start) & (sampled < start + len(batch))] - start
             colours.append(patch_colours(batch, pick))

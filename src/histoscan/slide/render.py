@@ -106,7 +106,8 @@ def draw_scale_bar(img: Image.Image, bar: ScaleBar, margin: int = 10) -> tuple[i
 
 def colour_bar(threshold: float, height: int) -> Image.Image:
     """The legend: the colour map as a bar (equal length below and above the threshold), the threshold marked
-    by a line and the tick "threshold t". Only this small figure goes through matplotlib."""
+    by a line and the tick "threshold t". Only this small figure goes through matplotlib. A threshold outside
+    0..1 (a hand-edited threshold.json) is marked at the nearer end of the bar, labelled with its value."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.figure import Figure  # no pyplot: no global state, and faster to import
@@ -116,9 +117,9 @@ def colour_bar(threshold: float, height: int) -> Image.Image:
     canvas = FigureCanvasAgg(fig)
     cax = fig.add_axes((0.24, 0.05, 0.1, 0.9))
     cb = fig.colorbar(ScalarMappable(norm, CMAP), cax=cax)
-    t = float(threshold)
+    t = min(max(float(threshold), 0.0), 1.0)  # the mark stays on the bar (outside it: a singular transform)
     ticks = [v for v in (0.0, 0.25, 0.5, 0.75, 1.0) if abs(float(norm(v)) - float(norm(t))) > 0.07]
-    cb.set_ticks([*ticks, t], labels=[f"{v:g}" for v in ticks] + [f"threshold {t:.3g}"])
+    cb.set_ticks([*ticks, t], labels=[f"{v:g}" for v in ticks] + [f"threshold {float(threshold):.3g}"])
     cax.axhline(t, color="black", linewidth=2.5)
     cax.yaxis.set_label_position("left")
     cb.set_label("tumour probability")

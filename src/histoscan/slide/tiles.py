@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from histoscan.errors import HistoscanInputError
+from histoscan.ranges import check_ranges, ranged
 
 if TYPE_CHECKING:
     from histoscan.slide.io import SlideReader
@@ -33,20 +34,26 @@ class SlideOptions:
     mosaics of held-out PCam patches (benchmarks/bench_maps.py, docs/benchmarks.md).
     """
 
-    mpp: float | None = None
-    model_mpp: float | None = None
-    stride: int | None = None
-    smooth: float = 0.75
-    threshold: float | None = None  # None: the run's threshold.json
-    batch_size: int = 64
-    level: int | None = None  # None: the coarsest level not coarser than the model's µm/px
-    min_tissue: float = 0.25  # fraction of a tile that must be tissue for it to be classified
-    explain: int = 0  # Grad-CAM for the top-k tumour tiles
+    # each range is declared here once: `histoscan slide/slides` check it as an option is parsed, __post_init__
+    # when a SlideOptions is built from Python
+    mpp: float | None = ranged(None, float, low=0, low_open=True, high=1000)
+    model_mpp: float | None = ranged(None, float, low=0, low_open=True, high=1000)
+    stride: int | None = ranged(None, int, low=1, high=4096)  # and at most the model's tile size
+    smooth: float = ranged(0.75, float, low=0, high=100)
+    threshold: float | None = ranged(None, float, low=0, high=1)  # None: the run's threshold.json
+    batch_size: int = ranged(64, int, low=1, high=65_536)
+    level: int | None = ranged(None, int, low=0, high=100)  # None: the coarsest not coarser than the model's
+    min_tissue: float = ranged(0.25, float, low=0, high=1)  # fraction of a tile that must be tissue
+    explain: int = ranged(0, int, low=0, high=10_000)  # Grad-CAM for the top-k tumour tiles
     force: bool = False
-    workers: int = 2  # tile-reading threads
-    prefetch: int = 4  # ready batches queued ahead of the model
+    read_threads: int = ranged(2, int, low=1, high=256)  # tile-reading threads per slide
+    prefetch: int = ranged(4, int, low=1, high=1024)  # ready batches queued ahead of the model
     reader: str = "auto"  # "auto" | "openslide" | "tifffile"
-    thumbnail_size: int = 1024  # min longer side of the mask/overlay thumbnail (grown to >= 8 px per tile)
+    # min longer side of the mask/overlay thumbnail (grown to >= 8 px per tile)
+    thumbnail_size: int = ranged(1024, int, low=16, high=65_536)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def default_stride(image_size: int) -> int:
@@ -220,9 +227,14 @@ def read_tile(reader: SlideReader, grid: TileGrid, x: int, y: int) -> np.ndarray
 
 
 def stream_tiles(
-    reader: SlideReader, grid: TileGrid, xy: np.ndarray, batch_size: int, workers: int = 2, prefetch: int = 4
+    reader: SlideReader,
+    grid: TileGrid,
+    xy: np.ndarray,
+    batch_size: int,
+    read_threads: int = 2,
+    prefetch: int = 4,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (start index, uint8 batch) for tiles at level-0 `xy`, read by background threads.
+    """Yield (start index, uint8 batch) for tiles at level-0 `xy`, read by `read_threads` background threads.
 
     A producer thread fills a bounded queue of ready batches (reading overlaps inference; at most `prefetch`
     batches are held), so memory stays flat however large the slide is.
@@ -242,7 +254,7 @@ def stream_tiles(
 
     def produce() -> None:
         try:
-            with ThreadPoolExecutor(max(1, workers)) as pool:
+            with ThreadPoolExecutor(max(1, read_threads)) as pool:
                 for start in range(0, len(xy), batch_size):
                     chunk = xy[start : start + batch_size]
                     batch = np.empty((len(chunk), grid.image_size, grid.image_size, 3), np.uint8)
