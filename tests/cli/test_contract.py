@@ -331,6 +331,25 @@ CASES = [
         _cmd("slide", "{run}", "{slide}", "--out", "{tmp}/sl", "--min-tissue", "2"),
         ("--min-tissue",),
     ),
+    # numeric options outside their range stop at parsing (tests/cli/test_options.py walks every option)
+    Case(
+        "slide-threshold-above-1",
+        _cmd("slide", "{run}", "{slide}", "--out", "{tmp}/sl", "--threshold", "1.5"),
+        ("--threshold 1.5", "at most 1"),
+    ),
+    Case(
+        "slide-stride-0",
+        _cmd("slide", "{run}", "{slide}", "--out", "{tmp}/sl", "--stride", "0"),
+        ("--stride 0", "at least 1"),
+    ),
+    Case(
+        "slides-threshold-neg",
+        _cmd("slides", "{run}", "{tmp}", "--out", "{tmp}/co", "--threshold", "-0.5"),
+        ("--threshold -0.5", "at least 0"),
+    ),
+    Case(
+        "serve-port-above-65535", _cmd("serve", "{run}", "--port", "70000"), ("--port 70000", "at most 65535")
+    ),
     # export
     Case(
         "export-out-exists",
