@@ -148,3 +148,23 @@ def test_use_folds_that_are_not_numbers(command, tmp_path, idc_root, capsys):
     code, err = _run(args, capsys)
     _assert_one_line(code, err, "--use-folds 0,x", "fold numbers")
     assert not (tmp_path / "o").exists()
+
+
+def test_predict_and_prepare_say_when_images_of_another_size_were_fitted(
+    idc_root: Path, tmp_path: Path, capsys
+) -> None:
+    """Nothing is fitted silently: a 50x42 image among 50x50 ones is named on the console of both commands."""
+    from run_fixtures import make_run
+
+    run = make_run(tmp_path / "run")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, f in enumerate(sorted(idc_root.glob("images/*/*class0.png"))[:3]):
+        with Image.open(f) as im:
+            (im.crop((0, 0, 50, 42)) if i == 0 else im.copy()).convert("RGB").save(folder / f"p{i}.png")
+    assert main(["predict", str(run), "--data", str(folder), "--out", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 of 3 images had another size" in out and "(1 padded)" in out, out
+    assert main(["prepare", str(folder), "--out", str(tmp_path / "store"), "--image-size", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "fitted 1 image(s) of another size to 50x50 (--fit pad); listed in fitted.csv" in out, out

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {s['n_skipped']} unreadable image(s): {listed}{more}")
     for line in s["warnings"]:
         print(f"warning: {line}")
+    if s.get("fitted_note"):
+        print(f"note: {s['fitted_note']}")
     print(
         f"{s['n']} patches -> {s['out']} ({s['format']}); {s['n_positive']} at or above threshold "
         f"{s['threshold']:.3g}; mean probability {s['mean_probability']:.3f}"

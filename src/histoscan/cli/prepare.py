@@ -61,9 +61,14 @@ def summary(store: PatchStore) -> str:
         lines.append("  splits " + ", ".join(f"{k}: {v}" for k, v in m["splits"].items()))
     if m.get("notes"):
         lines.append("  converted " + ", ".join(f"{k}: {v}" for k, v in sorted(m["notes"].items())))
+    if m.get("n_fitted"):
+        lines.append(
+            f"  fitted {m['n_fitted']} image(s) of another size to {store.size}x{store.size} (--fit {m.get('fit')}); "
+            "listed in fitted.csv"
+        )
     if m.get("n_skipped"):
         first = m["skipped"][0]
-        lines.append(f"  skipped {m['n_skipped']} unreadable (first: {first['reason']}); see meta.json")
+        lines.append(f"  skipped {m['n_skipped']} unreadable (first: {first['reason']}); listed in skipped.csv")
     return "\n".join(lines)
 
 
