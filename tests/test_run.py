@@ -74,3 +74,26 @@ def test_open_refuses_what_is_not_a_run(tmp_path: Path) -> None:
         RunDir.open(tmp_path / "missing")
     with pytest.raises(HistoscanInputError, match="not a run folder"):
         RunDir.open(tmp_path)
+
+
+def test_metrics_read_back_one_based_also_from_an_old_zero_based_file(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    assert run.read_metrics() == [] and run.epochs_done() == 0
+    run.metrics_path.write_text("epoch,val_auc\n0,0.6\n1,0.7\n2,0.65\n")  # written before 1-based epochs
+    assert [(r["epoch"], r["val_auc"]) for r in run.read_metrics()] == [
+        ("1", "0.6"),
+        ("2", "0.7"),
+        ("3", "0.65"),
+    ]
+    assert run.epochs_done() == 3
+    run.write_metrics(run.read_metrics()[:2])  # what a resume keeps: renumbered on disk now
+    assert run.metrics_path.read_text().splitlines() == ["epoch,val_auc", "1,0.6", "2,0.7"]
+    assert [r["epoch"] for r in run.read_metrics()] == ["1", "2"]  # a new file is left as it is
+    run.write_metrics([])
+    assert not run.metrics_path.exists()
+
+
+def test_epoch_offset_tells_old_files_from_new() -> None:
+    from histoscan.run import epoch_offset
+
+    assert [epoch_offset(v) for v in ("0", 0.0, "1", 1.0, 5, "", None, "x")] == [1, 1, 0, 0, 0, 0, 0, 0]

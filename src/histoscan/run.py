@@ -1,10 +1,11 @@
 """RunDir: the one owner of a run folder's layout. No other module spells a run's file names.
 
 A run folder holds config.yaml (TrainConfig), split.csv, data.json (training store, checksum, counts),
-metrics.csv (one row per epoch), threshold.json (decision threshold chosen on the validation split),
-checkpoints/{best,last}.ckpt and, after `histoscan export`, model.onnx. A new run is built in a hidden sibling
-folder (:meth:`RunDir.stage`) and moved into place by :meth:`RunDir.commit` once training has started, so a
-failed start leaves nothing behind; every file is written atomically (temp file + rename).
+metrics.csv (one row per epoch, numbered from 1 as the console and the report number them; runs written
+before that are 0-based and read back renumbered), threshold.json (decision threshold chosen on the validation
+split), checkpoints/{best,last}.ckpt and, after `histoscan export`, model.onnx. A new run is built in a hidden
+sibling folder (:meth:`RunDir.stage`) and moved into place by :meth:`RunDir.commit` once training has started,
+so a failed start leaves nothing behind; every file is written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -194,15 +195,16 @@ class RunDir:
         atomic_write_json(self.threshold_path, info)
 
     def read_metrics(self) -> list[dict[str, str]]:
-        """RUN/metrics.csv as rows (one per epoch, values as written); [] when absent."""
-        if not self.metrics_path.is_file():
-            return []
-        with self.metrics_path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        """RUN/metrics.csv as rows (one per epoch, values as written, epochs 1-based); [] when absent."""
+        return read_metrics_file(self.metrics_path)
 
     def epochs_done(self) -> int:
         """Epochs recorded in RUN/metrics.csv (0 when there is none)."""
         return len(self.read_metrics())
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Replace RUN/metrics.csv by `rows` (atomically; no rows: no file)."""
+        write_metrics_file(self.metrics_path, rows)
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any] | None:
@@ -215,3 +217,38 @@ class RunDir:
         if not isinstance(info, dict):
             raise HistoscanInputError(f"{path}: expected a JSON object")
         return info
+
+
+def epoch_offset(first_epoch: str | float | None) -> int:
+    """What to add to a metrics.csv's epoch numbers to make them 1-based: 1 for a file written before epochs
+    were numbered from 1 (its first row is epoch 0), else 0. Every file starts at its run's first epoch (a
+    resume trims rows off the end only), so the first row tells the two apart."""
+    try:
+        return 1 if first_epoch not in (None, "") and float(first_epoch) == 0 else 0
+    except ValueError:
+        return 0
+
+
+def read_metrics_file(path: Path) -> list[dict[str, str]]:
+    """A metrics.csv as rows, epochs 1-based (an older 0-based file renumbered); [] when absent."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    shift = epoch_offset(rows[0].get("epoch")) if rows else 0
+    if shift:
+        rows = [{**r, "epoch": str(int(float(r["epoch"])) + shift)} for r in rows]
+    return rows
+
+
+def write_metrics_file(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Write metrics.csv rows atomically (never a half-written row); `columns`: default the first row's keys.
+    No rows: the file is removed."""
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    fields = columns or list(rows[0])
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)

@@ -491,5 +491,5 @@ def test_ctrl_c_saves_and_resume_continues(
     code, _, err = _call([*argv, "--resume", "--epochs", str(done + 1)], capsys)
     assert code == 0, err
     epochs = [int(r["epoch"]) for r in _csv_rows(out / "metrics.csv")]
-    assert epochs == list(range(done + 1)), epochs
+    assert epochs == list(range(1, done + 2)), epochs  # 1-based
     assert (out / "threshold.json").is_file()

@@ -12,11 +12,12 @@ import pytest
 
 from histoscan.config import TrainConfig
 from histoscan.evaluation.metrics import compute_metrics
-from histoscan.evaluation.plots import curves_figure, read_training_curves
+from histoscan.evaluation.plots import curves_figure
 from histoscan.evaluation.report import (
     GRID,
     confident_errors,
     evaluated_mark,
+    training_curves,
     write_figures,
     write_report,
 )
@@ -89,32 +90,37 @@ def test_no_curves_without_metrics_csv_and_bare_checkpoint(tmp_path: Path) -> No
     assert "No patient/slide groups" in html and "no bootstrap" in html
 
 
-def _run_with_curves(root: Path, monitor: str) -> RunDir:
-    """A run folder whose best val_auc (epoch 2) and best val_loss (epoch 1) differ."""
+def _run_with_curves(root: Path, monitor: str, first: int = 1) -> RunDir:
+    """A run folder whose best val_auc (3rd epoch) and best val_loss (2nd epoch) differ; `first`: the number of
+    its first metrics.csv row (1 as training writes it; 0 in runs written before epochs were 1-based)."""
     root.mkdir()
     TrainConfig(out=str(root), model="simple-cnn", monitor=monitor).save(root / "config.yaml")
+    values = ["0.7,0.6,0.69,0.61", "0.5,0.7,0.52,0.70", "0.4,0.8,0.58,0.74", "0.3,0.9,0.66,0.72"]
     (root / "metrics.csv").write_text(
         "epoch,train_loss,train_auc,val_loss,val_auc\n"
-        "0,0.7,0.6,0.69,0.61\n1,0.5,0.7,0.52,0.70\n2,0.4,0.8,0.58,0.74\n3,0.3,0.9,0.66,0.72\n"
+        + "".join(f"{first + i},{v}\n" for i, v in enumerate(values))
     )
     return RunDir(root)
 
 
-def test_evaluated_epoch_is_marked_on_the_curves(tmp_path: Path) -> None:
-    by_auc = _run_with_curves(tmp_path / "auc", "val_auc")
-    by_loss = _run_with_curves(tmp_path / "loss", "val_loss")
-    assert evaluated_mark(by_auc) == (2, "best val_auc 0.740")
+@pytest.mark.parametrize("first", [1, 0])
+def test_evaluated_epoch_is_marked_on_the_curves(tmp_path: Path, first: int) -> None:
+    """1-based epochs, as training prints them, also for an old 0-based metrics.csv."""
+    by_auc = _run_with_curves(tmp_path / "auc", "val_auc", first)
+    by_loss = _run_with_curves(tmp_path / "loss", "val_loss", first)
+    assert evaluated_mark(by_auc) == (3, "best val_auc 0.740")
     assert evaluated_mark(by_loss, str(tmp_path / "loss" / "checkpoints" / "best.ckpt")) == (
-        1,
+        2,
         "best val_loss 0.520",
     )
-    assert evaluated_mark(by_auc, str(tmp_path / "auc" / "checkpoints" / "last.ckpt")) == (3, "last epoch")
+    assert evaluated_mark(by_auc, str(tmp_path / "auc" / "checkpoints" / "last.ckpt")) == (4, "last epoch")
     assert evaluated_mark(None) is None and evaluated_mark(RunDir(tmp_path / "none")) is None
-    fig = curves_figure(read_training_curves(by_auc.metrics_path), evaluated_mark(by_auc))
-    for ax in fig.axes:  # a vertical line at epoch 2 in every panel, named in its legend
-        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "evaluated: epoch 2"]
-        assert list(line.get_xdata()) == [2, 2]
-        assert "evaluated: epoch 2" in [t.get_text() for t in ax.get_legend().get_texts()]
+    fig = curves_figure(training_curves(by_auc), evaluated_mark(by_auc))
+    for ax in fig.axes:  # a vertical line at epoch 3 in every panel, named in its legend, on an axis 1..4
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "evaluated: epoch 3"]
+        assert list(line.get_xdata()) == [3, 3]
+        assert "evaluated: epoch 3" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2, 3, 4]  # the train loss
     plt.close(fig)
 
     y, p, ids, groups, images = _case()
@@ -123,8 +129,8 @@ def test_evaluated_epoch_is_marked_on_the_curves(tmp_path: Path) -> None:
     m.update(backend="onnxruntime", tta=1, threshold_source="threshold.json (youden)")
     figs = write_figures(tmp_path, y, p, m, by_loss)
     html = write_report(tmp_path, m, y, p, ids, groups, lambda pos: images[pos], None, (), figs).read_text()
-    assert "Dashed line: the evaluated weights, epoch 1 (best val_loss 0.520)" in html
-    assert "<td>evaluated epoch</td><td style='text-align:left'>1 (best val_loss 0.520)</td>" in html
+    assert "Dashed line: the evaluated weights, epoch 2 (best val_loss 0.520)" in html
+    assert "<td>evaluated epoch</td><td style='text-align:left'>2 (best val_loss 0.520)</td>" in html
 
 
 def test_header_names_tta_backend_and_threshold_source(tmp_path: Path) -> None:
@@ -138,11 +144,27 @@ def test_header_names_tta_backend_and_threshold_source(tmp_path: Path) -> None:
     )
     assert "<td>backend</td><td style='text-align:left'>torch</td>" in html
     assert "<td style='text-align:left'>0.42 — source: threshold.json (youden)</td>" in html
-    m.update(tta=1)
+    assert "trained with" not in html and "limit-batches" not in html  # a full run says nothing of it
+    m.update(tta=1)  # `--tta 0`: the patch as it is
+    html = write_report(tmp_path, m, y, p, ids, groups, lambda pos: images[pos]).read_text()
+    assert "simple-cnn via torch · TTA off · threshold 0.42" in html
     assert (
-        "TTA off (1 view)"
-        in write_report(tmp_path, m, y, p, ids, groups, lambda pos: images[pos]).read_text()
+        "<td>test-time augmentation</td><td style='text-align:left'>off</td>" in html and "1 view" not in html
     )
+
+
+def test_header_shows_a_run_trained_with_limit_batches(tmp_path: Path) -> None:
+    y, p, ids, groups, images = _case(20)
+    m = compute_metrics(y, p, 0.5, groups, n_boot=0)
+    m.update(model="simple-cnn", backend="torch", tta=8, threshold_source="threshold.json (youden)")
+    config = TrainConfig(limit_batches=2).to_dict()
+    html = write_report(tmp_path, m, y, p, ids, groups, lambda pos: images[pos], config).read_text()
+    assert (
+        "<td>trained with</td><td style='text-align:left'>--limit-batches 2: at most 2 train and 2 val batches "
+        "per epoch (a smoke run)</td>"
+    ) in html
+    summary = re.search(r"<p class=summary>(.*?)</p>", html).group(1)
+    assert summary.endswith(" · trained with --limit-batches 2")
 
 
 CHROMIUM = Path(os.environ.get("HISTOSCAN_CHROMIUM", "/usr/bin/chromium"))

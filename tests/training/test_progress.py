@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -61,8 +62,11 @@ def test_train_to_a_pipe_prints_one_line_per_epoch_and_a_summary(store: PatchSto
     )
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
     done = next(line for line in lines if line.startswith("done: "))
-    best = max(_rows(out / "metrics.csv"), key=lambda row: float(row["val_auc"]))
-    assert f"best epoch {int(best['epoch']) + 1} (val_auc {float(best['val_auc']):.4f})" in done
+    rows = _rows(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # numbered as the epoch lines number them
+    best = max(rows, key=lambda row: float(row["val_auc"]))
+    assert f"best epoch {best['epoch']} (val_auc {float(best['val_auc']):.4f})" in done
+    assert "--limit-batches" not in start and "--limit-batches" not in done
     assert "stopped: reached --epochs 3" in done and "threshold" in done
     assert f"next: histoscan evaluate {out} --data {store.path} --tta 8" in lines
     text = r.stdout + r.stderr
@@ -85,6 +89,9 @@ def test_resume_with_spent_patience_says_why(store: PatchStore, tmp_path: Path, 
     assert main([*args, "--epochs", "3", "--patience", "0"]) == 0
     first = capsys.readouterr().out
     assert "stopped: early stopping: no val_auc gain for 0 epochs" in first or "reached --epochs 3" in first
+    limit = "--limit-batches 2: at most 2 train and 2 val batches per epoch"
+    start, done = (next(ln for ln in first.splitlines() if ln.startswith(k)) for k in ("train: ", "done: "))
+    assert f"(patience 0), {limit}" in start and done.endswith(f"; {limit}")
     assert main([*args, "--epochs", "6", "--resume"]) == 0
     again = capsys.readouterr().out
     assert "note: early stopping had counted" in again and "pass --patience N" in again
@@ -130,7 +137,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(store: PatchStore, tmp_pat
     assert (one / "split.csv").read_bytes() == (two / "split.csv").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left over
     rows = _rows(two / "metrics.csv")
-    assert [r["epoch"] for r in rows] == ["0"]  # one row per epoch, written by one process
+    assert [r["epoch"] for r in rows] == ["1"]  # one row per epoch, written by one process
     assert (two / "threshold.json").is_file()
     # the logged validation AUC is the AUC over the WHOLE validation split (not rank 0's half)
     split = {r["id"]: r["split"] for r in _rows(two / "split.csv")}
@@ -163,3 +170,29 @@ def test_process_rank_before_the_trainer_exists(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert process_rank() == rank
+
+
+def test_summary_and_start_line_number_epochs_as_metrics_csv_and_show_the_batch_cap() -> None:
+    from histoscan.config import TrainConfig
+    from histoscan.training.progress import end_summary, start_line
+
+    rows = [
+        {"epoch": "1", "val_auc": "0.7"},
+        {"epoch": "2", "val_auc": "0.9"},
+        {"epoch": "3", "val_auc": "0.9"},
+    ]
+    cfg = TrainConfig(data="D", epochs=3, limit_batches=4)
+    done, _ = end_summary(
+        "RUN", "D", rows, cfg, "reached --epochs 3", {"threshold": 0.4, "method": "youden"}, 5
+    )
+    assert done == (
+        "done: 3 epoch(s) in 5 s; best epoch 2 (val_auc 0.9000); stopped: reached --epochs 3; threshold 0.4 "
+        "(youden on the validation split); --limit-batches 4: at most 4 train and 4 val batches per epoch"
+    )  # the first of equal values, as best.ckpt keeps it; 1-based like metrics.csv and the report
+    counts = {s: {"n": 10, "positive": 5, "groups": 2} for s in ("train", "val", "test")}
+    line = start_line(cfg, counts, 50, 4.0, "cpu", "32-true", 1, 2)
+    assert line.endswith("(patience 3), --limit-batches 4: at most 4 train and 4 val batches per epoch, "
+                         "resuming after epoch 2")  # fmt: skip
+    full = dataclasses.replace(cfg, limit_batches=None)
+    assert "limit" not in start_line(full, counts, 50, 4.0, "cpu", "32-true", 1, None)
+    assert "limit" not in end_summary("RUN", "D", rows, full, "x", None, 5)[0]

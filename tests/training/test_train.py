@@ -14,6 +14,7 @@ import torch
 from histoscan.cli import main
 from histoscan.config import TrainConfig
 from histoscan.data.store import prepare
+from histoscan.errors import HistoscanInputError
 from histoscan.inference.predictor import load_predictor
 from histoscan.training.train import train
 
@@ -66,7 +67,7 @@ def test_end_to_end_run_folder(idc_store: Path, tmp_path: Path):
     assert {r["split"] for r in split} == {"train", "val", "test"} and len(split) == 7889
     # one metrics row per epoch, every column filled with a sane number
     rows = _rows(run / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # 1-based, as the console and the report number them
     for r in rows:
         for k in ("train_loss", "val_loss"):
             assert 0 < float(r[k]) < 5
@@ -95,10 +96,11 @@ def test_resume_with_more_epochs_matches_uninterrupted_run_on_plateau(idc_store:
     kw = dict(limit_batches=2, patience=10, schedule="plateau")
     full = train(_cfg(idc_store, tmp_path / "full", epochs=3, **kw))
     part = train(_cfg(idc_store, tmp_path / "part", epochs=2, **kw))
-    resumed = train(_cfg(idc_store, tmp_path / "part", epochs=3, schedule="plateau"), resume=True)
+    resumed = train(_cfg(idc_store, tmp_path / "part", epochs=3, **kw), resume=True)
     _same_weights(full, resumed)
     ra, rb = _rows(full / "metrics.csv"), _rows(part / "metrics.csv")
-    assert [r["epoch"] for r in rb] == ["0", "1", "2"]
+    assert [r["epoch"] for r in rb] == ["1", "2", "3"]
+    assert TrainConfig.load(part / "config.yaml").epochs == 3  # the extended run records its new length
     assert [r["val_auc"] for r in ra] == [r["val_auc"] for r in rb]
 
 
@@ -119,7 +121,7 @@ def test_interrupted_one_cycle_run_resumes_exactly(idc_store: Path, tmp_path: Pa
     full = train(cfg)
     part_cfg = _cfg(idc_store, tmp_path / "part", epochs=3, limit_batches=2, patience=10, schedule="onecycle")
     part = train(part_cfg, callbacks=[_StopAfter(2)])
-    assert [r["epoch"] for r in _rows(part / "metrics.csv")] == ["0", "1"]
+    assert [r["epoch"] for r in _rows(part / "metrics.csv")] == ["1", "2"]
     resumed = train(part_cfg, resume=True)
     _same_weights(full, resumed)
     assert [r["lr"] for r in _rows(full / "metrics.csv")] == [r["lr"] for r in _rows(part / "metrics.csv")]
@@ -155,3 +157,15 @@ def test_existing_run_needs_force(idc_store: Path, tmp_path: Path, capsys):
 def test_resume_without_checkpoint_is_a_clear_error(idc_store: Path, tmp_path: Path, capsys):
     assert main(["train", "--data", str(idc_store), "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "last.ckpt not found" in capsys.readouterr().err
+
+
+def test_python_resume_with_another_recipe_is_refused(idc_store: Path, tmp_path: Path):
+    """A Python caller's config counts as given in full: one that differs from the run's (other than what may
+    change on resume) is refused before anything is written."""
+    part = train(_cfg(idc_store, tmp_path / "part", epochs=1, limit_batches=2))
+    before = (part / "checkpoints/last.ckpt").read_bytes()
+    with pytest.raises(
+        HistoscanInputError, match="--limit-batches 3: this run was trained with limit_batches 2"
+    ):
+        train(_cfg(idc_store, tmp_path / "part", epochs=2), resume=True)
+    assert (part / "checkpoints/last.ckpt").read_bytes() == before and len(_rows(part / "metrics.csv")) == 1

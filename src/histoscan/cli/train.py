@@ -6,8 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from histoscan.config import TrainConfig, add_config_options, config_from_options
 from histoscan.errors import HistoscanInputError
+from histoscan.training.resume import resumable_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from checkpoints/last.ckpt with its own config (--epochs and "
-        "--patience may be given anew)",
+        help="continue the run in --out from checkpoints/last.ckpt with its own settings (RUN/config.yaml; "
+        "--data may be left out): an option not given keeps the run's value, and one given must equal it, "
+        f"except these, which may change (and are recorded): {resumable_text()}",
     )
     p.set_defaults(func=run)
 
@@ -43,8 +47,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from --config FILE (if given), then every option the user gave (validated: bad values exit 2)."""
+def config_from_args(args: argparse.Namespace, required: tuple[str, ...] = ("data", "out")) -> TrainConfig:
+    """TrainConfig from --config FILE (if given), then every option the user gave (validated: bad values exit 2);
+    each of `required` must be given in one of the two."""
     values: dict[str, Any] = dict(vars(args))
     if values.get("stain"):
         from histoscan.stain import load_stain  # lazy: only runs that use stain normalisation
@@ -52,22 +57,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values["stain"] = load_stain(values["stain"])
     base = TrainConfig.load(Path(args.config)) if getattr(args, "config", None) else None
     config = config_from_options(values, base)
-    for name in ("data", "out"):
+    for name in required:
         if not getattr(config, name):
             raise HistoscanInputError(f"--{name}: required (on the command line or in --config FILE)")
     return config
 
 
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The TrainConfig fields the user set: options given on the command line, and the keys of --config FILE."""
+    names = set(TrainConfig.__dataclass_fields__)
+    given = {k for k, v in vars(args).items() if k in names and v is not None}
+    if getattr(args, "config", None):
+        TrainConfig.load(Path(args.config))  # a bad file is refused naming itself
+        given |= set(yaml.safe_load(Path(args.config).read_text()) or {})
+    return given
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train, printing a start line, progress and an end summary with the next command (rank 0 only)."""
+    """Train, printing a start line, progress and an end summary with the next command (rank 0 only).
+
+    With --resume, the options given are checked against the run's own (see `training.resume.resume_config`).
+    """
     from histoscan.training.train import train
 
-    overrides = {"epochs"} | ({"patience"} if args.patience is not None else set())
     train(
-        config_from_args(args),
+        config_from_args(args, required=("out",) if args.resume else ("data", "out")),
         force=args.force,
         resume=args.resume,
         echo=lambda line: print(line, flush=True),
-        overrides=overrides,
+        given=given_options(args) if args.resume else None,
     )
     return 0

@@ -25,7 +25,7 @@ from histoscan.evaluation.plots import (
     plot_roc,
     read_training_curves,
 )
-from histoscan.run import RunDir
+from histoscan.run import RunDir, epoch_offset
 
 GRID = 16  # thumbnails per error grid
 METRIC_ROWS = [
@@ -70,14 +70,25 @@ def _thumb(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def training_curves(run: RunDir) -> dict[str, np.ndarray] | None:
+    """RUN/metrics.csv as columns with 1-based epochs (as training prints them; an older run's 0-based file
+    renumbered, a file without an epoch column numbered by row); None when absent or empty."""
+    curves = read_training_curves(run.metrics_path)
+    if curves:
+        epoch = curves.get("epoch")
+        n = len(next(iter(curves.values())))
+        curves["epoch"] = np.arange(1, n + 1) if epoch is None else epoch + epoch_offset(epoch[0])
+    return curves
+
+
 def evaluated_mark(
     run: RunDir | None, checkpoint: str | None = None, curves: dict[str, np.ndarray] | None = None
 ) -> tuple[int, str] | None:
-    """(epoch, reason) of the evaluated weights on RUN's training curves: last.ckpt -> the last epoch, any
-    other model of the run (best.ckpt, its ONNX export) -> the best epoch by the run's monitor. `curves`: the
-    run's metrics.csv columns when the caller has read them already."""
+    """(1-based epoch, reason) of the evaluated weights on RUN's training curves: last.ckpt -> the last epoch,
+    any other model of the run (best.ckpt, its ONNX export) -> the best epoch by the run's monitor. `curves`:
+    the run's `training_curves` when the caller has read them already."""
     if curves is None and run is not None:
-        curves = read_training_curves(run.metrics_path)
+        curves = training_curves(run)
     if not curves or run is None:
         return None
     try:
@@ -99,7 +110,7 @@ def write_figures(out_dir: Path, y: np.ndarray, p: np.ndarray, m: dict[str, Any]
         "confusion": plot_confusion(m, out_dir / "confusion.png"),
         "calibration": plot_calibration(y, p, m, out_dir / "calibration.png"),
     }
-    curves = read_training_curves(run.metrics_path) if run is not None else None
+    curves = training_curves(run) if run is not None else None
     if curves:
         mark = evaluated_mark(run, m.get("checkpoint"), curves)
         figs["curves"] = plot_curves(curves, out_dir / "curves.png", mark)
@@ -116,7 +127,16 @@ def confident_errors(
 
 
 def _tta_text(views: int | None) -> str:
-    return "off (1 view)" if not views or views <= 1 else f"{views} dihedral views, logits averaged"
+    """`--tta 0` (one view: the patch as it is) is "off"."""
+    return "off" if not views or views <= 1 else f"{views} dihedral views, logits averaged"
+
+
+def _limit_text(config: dict[str, Any] | None) -> str | None:
+    """The evaluated run's smoke-run cap (`--limit-batches N`), or None when it was trained in full."""
+    n = (config or {}).get("limit_batches")
+    return (
+        f"--limit-batches {n}: at most {n} train and {n} val batches per epoch (a smoke run)" if n else None
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -217,6 +237,7 @@ def write_report(
         ("model", m.get("model")),
         ("run / checkpoint", m.get("checkpoint")),
         ("evaluated epoch", f"{mark[0]} ({mark[1]})" if mark else None),
+        ("trained with", _limit_text(config)),
         ("data", m.get("data")),
         ("evaluated", f"{m['n']} patches ({m.get('subset', 'all')})"),
         ("threshold", f"{m['threshold']:.4g} — source: {m.get('threshold_source') or 'unknown'}"),
@@ -227,6 +248,7 @@ def write_report(
     summary = (
         f"{m.get('model', '')} via {m.get('backend') or 'unknown backend'} · TTA {_tta_text(m.get('tta', 1))}"
         f" · threshold {m['threshold']:.4g} ({m.get('threshold_source') or 'unknown source'})"
+        + (f" · trained with --limit-batches {config['limit_batches']}" if _limit_text(config) else "")
     )
     plots = "".join(
         f"<img src='{_b64_png(figures[k])}' alt='{k}'>"
@@ -250,7 +272,7 @@ def write_report(
         + "".join(
             f"<tr><td>{k}</td><td style='text-align:left'>{_esc(v)}</td></tr>"
             for k, v in head
-            if v is not None or k != "evaluated epoch"
+            if v is not None or k not in ("evaluated epoch", "trained with")
         )
         + "</table>",
         "<h2>Metrics</h2>",

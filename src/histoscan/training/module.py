@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
@@ -19,7 +18,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from histoscan.config import TrainConfig
 from histoscan.data.augment import BatchAugment
 from histoscan.models.classifier import build_classifier
-from histoscan.utils.fs import atomic_path
+from histoscan.run import read_metrics_file, write_metrics_file
 
 METRIC_COLUMNS = [
     "epoch",
@@ -110,6 +109,15 @@ class PatchModule(L.LightningModule):
         # stop the cycle early or raise past its end. Re-plan it for this run's length (cosine's LambdaLR is, by
         # construction); a run resumed with its own --epochs keeps the same plan, so it matches an uninterrupted one.
         sched = self.lr_schedulers() if self._cycle is not None else None
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR):
+            # a smoke run of under 3 steps had a constant rate and no cycle: the optimizer state restored from its
+            # checkpoint lacks the cycle's fields, which OneCycleLR sets only when it starts afresh
+            for group in sched.optimizer.param_groups:
+                if "max_lr" not in group:
+                    group.update(
+                        max_lr=self.cfg.lr, initial_lr=self.cfg.lr / 25, min_lr=self.cfg.lr / 25 / 1e4
+                    )
+                    group.update(max_momentum=0.95, base_momentum=0.85)
         if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps != self._cycle[0]:
             total, pct = self._cycle
             phases = sched._schedule_phases  # no public API re-plans a OneCycleLR; its state is these fields
@@ -198,7 +206,8 @@ class EpochSeeding(L.Callback):
 
 
 class MetricsCSV(L.Callback):
-    """RUN/metrics.csv: one row per epoch with train/val loss, AUC, accuracy, learning rate and seconds."""
+    """RUN/metrics.csv: one row per epoch (numbered from 1) with train/val loss, AUC, accuracy, learning rate
+    and seconds."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -211,16 +220,10 @@ class MetricsCSV(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
-        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}  # 1-based, as the console and report say
         for k in METRIC_COLUMNS[1:-2]:
             row[k] = f"{float(m[k]):.6f}" if k in m else ""
         row["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}"
         row["seconds"] = f"{time.perf_counter() - self._t0:.1f}"
-        rows = []
-        if self.path.is_file():
-            with self.path.open(newline="") as f:
-                rows = list(csv.DictReader(f))
-        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:  # never a half-written row
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            w.writeheader()
-            w.writerows(rows + [row])
+        # the rows so far come back 1-based even from a run started before that numbering (renumbered here)
+        write_metrics_file(self.path, [*read_metrics_file(self.path), row], METRIC_COLUMNS)

@@ -69,8 +69,14 @@ def start_line(config: TrainConfig, counts: dict[str, dict[str, int]], size: int
         f"train: {config.model} on {config.data} ({size} px, {mpp_text} µm/px) | split {part('train')}, "
         f"{part('val')}, {part('test')} | {device}{procs}, precision {precision} | up to {config.epochs} epochs, "
         f"batch {config.batch_size}, lr {config.lr:g}, early stop on {config.monitor} (patience {config.patience})"
-        f"{again}"
+        f"{limit_text(config, ', ')}{again}"
     )
+
+
+def limit_text(config: TrainConfig, lead: str = "") -> str:
+    """The smoke-run cap (`--limit-batches N`) in words, after `lead`; "" when the run has none."""
+    n = config.limit_batches
+    return f"{lead}--limit-batches {n}: at most {n} train and {n} val batches per epoch" if n else ""
 
 
 def stop_reason(trainer: L.Trainer, config: TrainConfig) -> str:
@@ -84,14 +90,15 @@ def stop_reason(trainer: L.Trainer, config: TrainConfig) -> str:
 
 
 def best_epoch(metrics: list[dict[str, str]], monitor: str) -> tuple[int | None, float | None]:
-    """(1-based epoch, value) of the best `monitor` value in metrics.csv rows (max AUC, min loss)."""
+    """(epoch, value) of the best `monitor` value (max AUC, min loss; the first of ties, as best.ckpt keeps it)
+    in metrics.csv rows as :meth:`RunDir.read_metrics` gives them (epochs 1-based)."""
     values = [(int(r["epoch"]), float(r[monitor])) for r in metrics if r.get(monitor) not in (None, "")]
     values = [(e, v) for e, v in values if not math.isnan(v)]
     if not values:
         return None, None
     pick = max if monitor == "val_auc" else min
     e, v = pick(values, key=lambda ev: ev[1])
-    return e + 1, v
+    return e, v
 
 
 def end_summary(
@@ -108,6 +115,6 @@ def end_summary(
     )
     minutes = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
     return [
-        f"done: {len(metrics)} epoch(s) in {minutes}; {best}; stopped: {reason}; {thr}",
+        f"done: {len(metrics)} epoch(s) in {minutes}; {best}; stopped: {reason}; {thr}{limit_text(config, '; ')}",
         f"next: histoscan evaluate {run} --data {data} --tta 8",
     ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import shutil
 import signal
@@ -26,24 +25,18 @@ from histoscan.models import REGISTRY, check_model_name
 from histoscan.run import RunDir
 from histoscan.training.module import PatchModule
 from histoscan.training.progress import Echo, end_summary, start_line, stop_reason
+from histoscan.training.resume import changed, resume_config
 from histoscan.training.trainer import build_trainer, early_stopping_wait, placement, process_rank
-from histoscan.utils.fs import atomic_path, guard_output
+from histoscan.utils.fs import guard_output
 
 log = logging.getLogger(__name__)
 
 
-def _trim_metrics(run: RunDir, before_epoch: int) -> None:
-    """On resume, drop metric rows of epochs that will be trained again."""
-    if not run.metrics_path.is_file():
-        return
-    rows = [r for r in run.read_metrics() if int(r["epoch"]) < before_epoch]
-    if not rows:
-        run.metrics_path.unlink()
-        return
-    with atomic_path(run.metrics_path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+def _trim_metrics(run: RunDir, done: int) -> None:
+    """On resume, keep the metric rows of the `done` epochs the checkpoint holds (1-based: epochs 1..done); the
+    rest will be trained again. A run's older 0-based metrics.csv is rewritten 1-based here."""
+    if run.metrics_path.is_file():
+        run.write_metrics([r for r in run.read_metrics() if int(r["epoch"]) <= done])
 
 
 def split_store(store: PatchStore, config: TrainConfig) -> np.ndarray:
@@ -86,7 +79,7 @@ def train(
     force: bool = False,
     resume: bool = False,
     echo: Echo | None = None,
-    overrides: set[str] | None = None,
+    given: set[str] | None = None,
     callbacks: list[L.Callback] | None = None,
 ) -> Path:
     """Train a model as configured; returns the run folder.
@@ -97,29 +90,29 @@ def train(
     Args:
         config: the run's configuration (`config.out` is the run folder).
         force: replace an existing non-empty run folder.
-        resume: continue from RUN/checkpoints/last.ckpt with the run's own config; `config.epochs` (and any
-            `overrides`, e.g. patience) replace the saved values.
+        resume: continue from RUN/checkpoints/last.ckpt with the run's own RUN/config.yaml; of the `given`
+            fields, those that may change on resume (`training.resume.RESUMABLE`: --epochs, --patience, ...)
+            replace the recorded values (and are recorded), any other must equal the recorded one.
         echo: where the start line, per-epoch lines (off a terminal) and the end summary go (None: silent).
-        overrides: with `resume`, fields to take from `config` instead of the run (default: epochs).
+        given: with `resume`, the fields the caller set (the CLI: the options given); None: all of `config`.
         callbacks: extra Lightning callbacks (e.g. Optuna's pruning callback).
 
     Raises:
-        HistoscanInputError: bad data or options.
+        HistoscanInputError: bad data or options (on resume: an option that conflicts with the run's).
         Interrupted: Ctrl-C; the message says what was saved and how to continue.
     """
     t0 = time.perf_counter()
     config.validate()
     rank = process_rank()
     say = echo if echo is not None and rank == 0 else None
+    record = False  # a resumed run whose config.yaml takes changed settings
     if resume:
         run = RunDir(config.out)
         if not run.last_ckpt.is_file():
             raise HistoscanInputError(f"--resume: {run.last_ckpt} not found")
         saved = run.read_config()
-        for key in overrides or {"epochs"}:
-            setattr(saved, key, getattr(config, key))
-        saved.validate()
-        config = saved
+        config = resume_config(saved, config, given)  # refused here: nothing has been written
+        record = rank == 0 and changed(saved, config)
     else:
         check_model_name(config.model)
         if rank == 0:
@@ -135,7 +128,7 @@ def train(
     if not resume:  # only rank 0 stages; DDP children write nothing of their own
         run = RunDir.stage(config.out, force) if rank == 0 else RunDir(Path(config.out).resolve())
     try:
-        trainer = _fit(run, config, store, split, resume, say, callbacks)
+        trainer = _fit(run, config, store, split, resume, say, callbacks, record=record)
     except BaseException as e:
         if rank == 0 and not resume:
             run.discard()  # a start that failed before the fit: the staging folder goes
@@ -163,8 +156,12 @@ def _fit(
     resume: bool,
     say: Echo | None,
     callbacks: list[L.Callback] | None = None,
+    record: bool = False,
 ) -> L.Trainer:
-    """Write the run's files and train; turns Lightning's Ctrl-C exit into :class:`Interrupted`."""
+    """Write the run's files and train; turns Lightning's Ctrl-C exit into :class:`Interrupted`.
+
+    `record`: a resumed run's config.yaml takes the changed settings (e.g. --epochs) just before the fit, so a
+    later plain --resume continues to them."""
     counts = _data_summary(store, split)
     if not resume and run.staged:
         run.write_config(config)
@@ -190,8 +187,13 @@ def _fit(
     if resume:
         ckpt_path = run.last_ckpt
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        resume_epoch = int(ckpt["epoch"]) + 1
+        resume_epoch = int(ckpt["epoch"]) + 1  # epochs done; the next is resume_epoch + 1 (1-based)
         _trim_metrics(run, resume_epoch)
+        if say is not None and resume_epoch >= config.epochs:
+            say(
+                f"note: this run has trained {resume_epoch} of its --epochs {config.epochs}: nothing more to "
+                f"train; pass --epochs N (above {resume_epoch}) to train longer"
+            )
         wait = early_stopping_wait(ckpt)
         if say is not None and wait >= config.patience - 1:
             say(
@@ -204,6 +206,8 @@ def _fit(
                        devices * config.num_nodes, resume_epoch))  # fmt: skip
     if run.staged:  # everything that bad input can break has been checked: the run moves into place now
         run.commit()
+    if record:
+        run.write_config(config)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
