@@ -136,7 +136,7 @@ def test_predict_warns_for_patches_at_another_resolution(
     assert w.startswith("resolution:") and "0.972 µm/px" in w and "4 µm/px" in w
     assert s["colour_distance"] < COLOUR_LIMIT
     with (tmp_path / "p.csv").open() as f:
-        assert next(csv.reader(f)) == ["id", "probability", "label"]  # the CSV is unchanged
+        assert next(csv.reader(f)) == ["id", "probability", "label", "fitted"]  # the warning adds no column
     assert predict(run, store, tmp_path / "q.csv")["warnings"] == []  # idc on idc
     assert (
         main(
