@@ -65,3 +65,30 @@ def test_precise_bn_uses_clean_batch_statistics() -> None:
                            for x, _ in batches[:2]])  # fmt: skip
     torch.testing.assert_close(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
     assert bn.momentum == 0.1 and not module.training
+
+
+def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_fit() -> None:
+    """A SIGINT whose KeyboardInterrupt is raised inside a __del__ is lost to CPython ("Exception ignored");
+    the CtrlC callback still stops at the next batch end, and the previous handler comes back afterwards."""
+    import gc
+    import os
+    import signal
+
+    from histoscan.training.trainer import CtrlC
+
+    class SignalsInFinaliser:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here: its KeyboardInterrupt is swallowed
+
+    guard = CtrlC()
+    before = signal.getsignal(signal.SIGINT)
+    with guard.armed():
+        obj = SignalsInFinaliser()
+        del obj
+        gc.collect()
+        assert guard.hit  # the interrupt itself was lost, the flag was not
+        with pytest.raises(KeyboardInterrupt):
+            guard.on_train_batch_end(None, None, None, None, 0)
+    assert signal.getsignal(signal.SIGINT) is before
+    fresh = CtrlC()
+    fresh.on_train_batch_end(None, None, None, None, 0)  # no Ctrl-C: nothing happens

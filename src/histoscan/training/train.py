@@ -26,7 +26,7 @@ from histoscan.run import RunDir
 from histoscan.training.module import PatchModule
 from histoscan.training.progress import Echo, end_summary, start_line, stop_reason
 from histoscan.training.resume import changed, resume_config
-from histoscan.training.trainer import build_trainer, early_stopping_wait, placement, process_rank
+from histoscan.training.trainer import CtrlC, build_trainer, early_stopping_wait, placement, process_rank
 from histoscan.utils.fs import guard_output
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,8 @@ def _fit(
         config.num_workers,
     )
     module = PatchModule(config.to_dict(), image_size=store.size, mpp=mpp)
-    trainer = build_trainer(config, run, say, callbacks)
+    ctrl_c = CtrlC()
+    trainer = build_trainer(config, run, say, [*(callbacks or []), ctrl_c])
     ckpt_path, resume_epoch = None, None
     if resume:
         ckpt_path = run.last_ckpt
@@ -215,7 +216,8 @@ def _fit(
             warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
             # Lightning 2.6's own pytree helper trips torch 2.13's LeafSpec deprecation on every run; not ours
             warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+            with ctrl_c.armed():
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     except SystemExit:  # Lightning ends a Ctrl-C'd fit with sys.exit(1) after its graceful shutdown
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left Ctrl-C ignored
         if trainer.interrupted:

@@ -3,8 +3,11 @@ progress) and the experiment logger."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning as L
@@ -211,3 +214,41 @@ def early_stopping_wait(ckpt: dict[str, Any]) -> int:
         if str(key).startswith("EarlyStop") and isinstance(state, dict):
             return int(state.get("wait_count") or 0)
     return 0
+
+
+class CtrlC(L.Callback):
+    """Ctrl-C that always stops a fit: the SIGINT handler raises KeyboardInterrupt as usual (Lightning then
+    shuts down gracefully) and also sets a flag that the next batch end turns into a KeyboardInterrupt.
+
+    CPython swallows an exception raised inside a `__del__` or weakref callback ("Exception ignored in ..."): a
+    Ctrl-C that lands while the garbage collector runs one during training was lost, and the run went on (seen
+    under load in the test suite). The flag makes the stop independent of where the signal lands.
+    """
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.hit = True
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        """Install the handler for the duration of the fit (main thread only), then restore the previous one."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            if signal.getsignal(signal.SIGINT) == self._handler:
+                signal.signal(signal.SIGINT, previous)
+
+    def _check(self, *args: object) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = _check
+    on_validation_batch_end = _check
+    on_train_epoch_end = _check
