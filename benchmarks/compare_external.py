@@ -31,7 +31,7 @@ from _common import replace_block
 
 from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.store import resolve_store
-from histoscan.evaluation.calibration import calibration_report, fit_temperature
+from histoscan.evaluation.calibration import calibration_report, fit_decision, fit_temperature
 from histoscan.evaluation.compare import _resample_weights, weighted_auc
 from histoscan.evaluation.metrics import compute_metrics, select_threshold
 from histoscan.inference.predictor import load_predictor
@@ -108,8 +108,25 @@ def kaggle_subset(root: str, size: int, seed: int, out: Path) -> str:
     return str(folder)
 
 
+# Decided after training on the kept validation logits (as `train` decides: fit_decision), so not part of what
+# identifies a kept training; each result is scored with its recipe's current decision settings.
+DECISION = ("threshold_rule", "calibrate", "tta", "target_sensitivity")
+DEFAULTS = TrainConfig().to_dict()
+
+
 def _setup(cfg: TrainConfig) -> dict[str, object]:
-    return {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out", "num_workers")}
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out", "num_workers", *DECISION)}
+
+
+def _same_setup(saved: dict[str, object], wanted: dict[str, object]) -> bool:
+    """Whether a kept training is the wanted one: a field the kept record lacks (added to TrainConfig later)
+    counts as its default, so new options at their defaults do not make kept results stale."""
+    saved = {k: v for k, v in saved.items() if k not in DECISION}
+    return all(saved.get(k, DEFAULTS.get(k)) == v for k, v in wanted.items()) and set(saved) <= set(wanted)
+
+
+def decision_settings(cfg: TrainConfig) -> dict[str, object]:
+    return {k: getattr(cfg, k) for k in DECISION}
 
 
 def train_run(cfg: TrainConfig) -> float:
@@ -134,6 +151,7 @@ def score_run(run_dir: str, test: str) -> dict[str, dict[str, np.ndarray]]:
     """Logits (TTA 1 and 8) of the run's best checkpoint on its validation split and on the test set."""
     run = RunDir(run_dir)
     predictor = load_predictor(run.path)
+    predictor.classifier.temperature = 1.0  # kept logits are raw: each table applies its decision to them
     train_store = resolve_store(run.read_config().data)
     split = run.read_split()
     val_rows = np.array([i for i, sid in enumerate(train_store.ids) if split.get(sid) == "val"])
@@ -180,9 +198,10 @@ def run_recipe_seed(
     info_path = Path(f"{stem}.json")
     if info_path.is_file():
         info = json.loads(info_path.read_text())
-        if info.get("setup") == setup and Path(f"{stem}.csv").is_file():
+        if _same_setup(info.get("setup") or {}, setup) and Path(f"{stem}.csv").is_file():
             print(f"   reusing {stem}.csv", flush=True)
-            return {**info, "test": _read(Path(f"{stem}.csv")), "val": _read(Path(f"{stem}.val.csv"))}
+            kept = {"test": _read(Path(f"{stem}.csv")), "val": _read(Path(f"{stem}.val.csv"))}
+            return {**info, **kept, "decision": decision_settings(cfg)}
     seconds = train_run(cfg)
     scored = score_run(cfg.out, test)
     run = RunDir(cfg.out)
@@ -198,10 +217,10 @@ def run_recipe_seed(
     _write(Path(f"{stem}.csv"), scored["test"])
     _write(Path(f"{stem}.val.csv"), scored["val"])
     info_path.write_text(json.dumps(info, indent=2, default=str))
-    return {**info, **scored}
+    return {**info, **scored, "decision": decision_settings(cfg)}
 
 
-def seed_mean_auc_diff(a: list[dict], b: list[dict], key: str, n_boot: int = 2000) -> dict[str, object]:
+def seed_mean_auc_diff(a: list[dict], b: list[dict], key: str | None, n_boot: int = 2000) -> dict[str, object]:
     """Seed-mean AUC of recipe a minus recipe b over the same test patches, with a paired bootstrap 95 % CI."""
     ids = a[0]["test"]["id"]
     for r in a + b:
@@ -211,19 +230,39 @@ def seed_mean_auc_diff(a: list[dict], b: list[dict], key: str, n_boot: int = 200
     w = _resample_weights(len(y), None, n_boot, 0)
 
     def mean_auc(rs: list[dict]) -> np.ndarray:
-        return np.mean([weighted_auc(y, r["test"][key], w) for r in rs], axis=0)
+        return np.mean([weighted_auc(y, r["test"][key or view_key(r)], w) for r in rs], axis=0)
 
     d = mean_auc(a) - mean_auc(b)
     lo, hi = np.percentile(d[1:], [2.5, 97.5])
     return {"diff": float(d[0]), "ci95": [float(lo), float(hi)]}
 
 
-def recipe_row(results: list[dict], key: str) -> dict[str, object]:
-    """Mean and spread of AUC over seeds; balanced accuracy at each run's threshold; ECE; train minutes."""
+def view_key(r: dict) -> str:
+    """The kept logits a result is scored with as shipped: its recipe's `tta` (0 or 8 views are kept)."""
+    tta = int(r["decision"]["tta"])
+    if tta not in (0, 8):
+        raise SystemExit(f"tta {tta}: the kept logits hold 1 and 8 views only")
+    return "logit_tta8" if tta == 8 else "logit"
+
+
+def shipped(r: dict, key: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(test labels, test probabilities, threshold) as the run decides: `fit_decision` on its validation logits
+    with its recipe's settings, exactly what `histoscan train` writes and evaluate/predict/slide/serve apply."""
+    key = key or view_key(r)
+    d = r["decision"]
+    fitted = fit_decision(
+        r["val"]["label"], r["val"][key], d["calibrate"], d["threshold_rule"], d["target_sensitivity"]
+    )
+    t = fitted["calibration"]["temperature"]
+    return r["test"]["label"], sigmoid(r["test"][key] / t), float(fitted["threshold"]["threshold"])
+
+
+def recipe_row(results: list[dict], key: str | None = None) -> dict[str, object]:
+    """Mean and spread of AUC over seeds; balanced accuracy at each run's threshold; ECE; train minutes. `key`
+    None: each result as shipped (its own TTA, calibration and threshold rule)."""
     aucs, bas, eces = [], [], []
     for r in results:
-        y, p = r["test"]["label"], sigmoid(r["test"][key])
-        t = float((r.get("threshold") or {}).get("threshold", 0.5))
+        y, p, t = shipped(r, key)
         m = compute_metrics(y, p, t, n_boot=0)
         aucs.append(m["auc"])
         bas.append(m["balanced_accuracy"])
@@ -244,21 +283,22 @@ def recipe_row(results: list[dict], key: str) -> dict[str, object]:
 RULES = ("youden", "sensitivity-0.90", "0.5-calibrated")
 
 
-def calibration_rows(results: list[dict], key: str) -> dict[str, object]:
+def calibration_rows(results: list[dict], key: str | None) -> dict[str, object]:
     """Temperature fitted on each run's validation split, applied to the test set: ECE / Brier / NLL before and
     after (mean over seeds, and the worst seed's ECE), and each threshold rule's test balanced accuracy,
     sensitivity and specificity (thresholds chosen on validation only)."""
     cal, rules = [], {r: [] for r in RULES}
     for r in results:
-        t = fit_temperature(r["val"]["label"], r["val"][key])
-        cal.append(calibration_report(r["test"]["label"], r["test"][key], t))
-        yv, pv = r["val"]["label"], sigmoid(r["val"][key] / t)
+        k = key or view_key(r)
+        t = fit_temperature(r["val"]["label"], r["val"][k])
+        cal.append(calibration_report(r["test"]["label"], r["test"][k], t))
+        yv, pv = r["val"]["label"], sigmoid(r["val"][k] / t)
         thresholds = {
             "youden": select_threshold(yv, pv, "youden"),
             "sensitivity-0.90": select_threshold(yv, pv, "sensitivity", 0.90),
             "0.5-calibrated": 0.5,
         }
-        y, p = r["test"]["label"], sigmoid(r["test"][key] / t)
+        y, p = r["test"]["label"], sigmoid(r["test"][k] / t)
         for rule, thr in thresholds.items():
             m = compute_metrics(y, p, thr, n_boot=0)
             rules[rule].append((m["balanced_accuracy"], m["recall"], m["specificity"]))
@@ -269,8 +309,8 @@ def calibration_rows(results: list[dict], key: str) -> dict[str, object]:
     return out
 
 
-def calibration_table(name: str, results: dict[str, list[dict]], key: str) -> str:
-    view = "8-view TTA" if key == "logit_tta8" else "no TTA"
+def calibration_table(name: str, results: dict[str, list[dict]], key: str | None) -> str:
+    view = _view(key)
     lines = [
         f"### {name} ({view}): temperature scaling fitted on each run's validation split; threshold rules",
         "",
@@ -292,8 +332,14 @@ def calibration_table(name: str, results: dict[str, list[dict]], key: str) -> st
     return "\n".join(lines + [""])
 
 
-def table(name: str, results: dict[str, list[dict]], key: str, command: str) -> str:
-    view = "8-view TTA" if key == "logit_tta8" else "no TTA"
+def _view(key: str | None) -> str:
+    if key is None:
+        return "as shipped: each recipe's own TTA, temperature and threshold rule, fitted on its validation split"
+    return "8-view TTA" if key == "logit_tta8" else "no TTA"
+
+
+def table(name: str, results: dict[str, list[dict]], key: str | None, command: str) -> str:
+    view = _view(key)
     n = len(next(iter(results.values()))[0]["test"]["label"])
     lines = [
         f"### {name} ({n} patches, {view}): trained on all of the training set, each recipe at its own budget",
@@ -374,19 +420,18 @@ def main() -> int:
         return 0
     command = "python " + " ".join(sys.argv)
     blocks = {
-        key: table(args.name, results, key, command) + "\n" + calibration_table(args.name, results, key)
-        for key in ("logit", "logit_tta8")
+        "": table(args.name, results, None, command) + "\n" + calibration_table(args.name, results, None),
+        " views": "\n".join(table(args.name, results, k, command) for k in ("logit", "logit_tta8")),
     }
-    summary = {r: {k: recipe_row(rs, k) for k in blocks} for r, rs in results.items()}
+    summary = {r: {k or "shipped": recipe_row(rs, k) for k in (None, "logit", "logit_tta8")}
+               for r, rs in results.items()}  # fmt: skip
     summary["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for key, block in blocks.items():
         print(block)
         if args.markdown:
-            replace_block(
-                args.markdown, f"external {args.name} {'tta8' if key == 'logit_tta8' else 'tta1'}", block
-            )
+            replace_block(args.markdown, f"external {args.name}{key}", block)
     return 0
 
 

@@ -98,6 +98,28 @@ class TrainConfig:
         high=1,
         low_open=True,
     )
+    # Decision settings: fixed at training time (calibration and threshold are fitted on the validation split),
+    # recorded in the run, and applied by evaluate / predict / slide / slides / serve and the ONNX export.
+    threshold_rule: Literal["youden", "sensitivity", "0.5"] = _opt(
+        "youden",
+        "decision threshold rule on the (calibrated) validation probabilities: Youden's J, the most specific "
+        "threshold reaching --target-sensitivity, or 0.5 (default youden; --target-sensitivity alone implies "
+        "sensitivity)",
+        choices=("youden", "sensitivity", "0.5"),
+    )
+    calibrate: Literal["temperature", "none"] = _opt(
+        "temperature",
+        "probability calibration fitted on the validation split after training: temperature scaling (one "
+        "scalar T, p = sigmoid(logit / T); the ranking is unchanged) or none",
+        choices=("temperature", "none"),
+    )
+    tta: int = _opt(
+        0,
+        "test-time augmentation views the run is scored with (0 off, 4 rotations, 8 dihedral views): used for "
+        "the threshold and calibration, and by evaluate / predict when they are not given --tta",
+        type=int,
+        choices=(0, 4, 8),
+    )
     # D4 only by default: affine/colour/HED jitter lowered validation AUC on idc-breast (docs/results.md)
     augment: list[str] = _opt(
         help=f"comma list of {','.join(AUGMENT_OPS)} or 'none'", factory=lambda: ["d4"], metavar="OPS"
@@ -163,6 +185,8 @@ class TrainConfig:
     skip_bad: bool = _opt(False, "skip unreadable images (counted in the store's meta.json)")
 
     def __post_init__(self) -> None:
+        if self.target_sensitivity is not None and self.threshold_rule == "youden":
+            self.threshold_rule = "sensitivity"  # --target-sensitivity alone names the rule (as before 2026-12)
         if self.warmup_epochs is None:  # resolved here, so config.yaml records the warm-up that was used
             self.warmup_epochs = 0.0 if self.schedule == "plateau" else 1.0
         self.validate()
@@ -182,6 +206,8 @@ class TrainConfig:
             raise HistoscanInputError(
                 f"--augment {','.join(self.augment)}: unknown op {bad[0]} (choose from {', '.join(AUGMENT_OPS)})"
             )
+        if self.threshold_rule == "sensitivity" and self.target_sensitivity is None:
+            raise HistoscanInputError("--threshold-rule sensitivity: needs --target-sensitivity")
         if self.warmup_epochs and self.schedule == "plateau":
             raise HistoscanInputError(
                 f"--warmup-epochs {self.warmup_epochs}: needs --schedule cosine or onecycle"
@@ -239,7 +265,7 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
         meta["range"].check(opt, value)
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise HistoscanInputError(f"{opt} {value}: choose from {', '.join(choices)}")
+        raise HistoscanInputError(f"{opt} {value}: choose from {', '.join(map(str, choices))}")
     if f.type in ("bool",) and not isinstance(value, bool):
         raise HistoscanInputError(f"{opt} {value!r}: must be true or false")
 

@@ -2,8 +2,9 @@
 
 A run folder holds config.yaml (TrainConfig), split.csv, data.json (training store, checksum, counts),
 metrics.csv (one row per epoch, numbered from 1 as the console and the report number them; runs written
-before that are 0-based and read back renumbered), threshold.json (decision threshold chosen on the validation
-split), checkpoints/{best,last}.ckpt and, after `histoscan export`, model.onnx. A new run is built in a hidden
+before that are 0-based and read back renumbered), calibration.json (the temperature fitted on the validation
+split; p = sigmoid(logit / T)), threshold.json (decision threshold chosen on the calibrated validation
+probabilities), checkpoints/{best,last}.ckpt and, after `histoscan export`, model.onnx. A new run is built in a hidden
 sibling folder (:meth:`RunDir.stage`) and moved into place by :meth:`RunDir.commit` once training has started,
 so a failed start leaves nothing behind; every file is written atomically (temp file + rename).
 """
@@ -32,6 +33,7 @@ class RunDir:
     DATA = "data.json"
     METRICS = "metrics.csv"
     THRESHOLD = "threshold.json"
+    CALIBRATION = "calibration.json"
     CHECKPOINTS = "checkpoints"
     BEST = "best"  # checkpoint file stems, as Lightning's ModelCheckpoint(filename=...) takes them
     LAST = "last"
@@ -64,6 +66,10 @@ class RunDir:
     @property
     def threshold_path(self) -> Path:
         return self.path / self.THRESHOLD
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.path / self.CALIBRATION
 
     @property
     def checkpoints(self) -> Path:
@@ -193,6 +199,28 @@ class RunDir:
 
     def write_threshold(self, info: dict[str, Any]) -> None:
         atomic_write_json(self.threshold_path, info)
+
+    def read_calibration(self) -> dict[str, Any] | None:
+        """RUN/calibration.json with a float `temperature` > 0, or None when absent (runs from before 2026-12-05:
+        uncalibrated, T = 1); a malformed file is an input error."""
+        info = self._read_json(self.calibration_path)
+        if info is None:
+            return None
+        try:
+            info["temperature"] = float(info["temperature"])
+            if not info["temperature"] > 0:
+                raise ValueError(f"temperature {info['temperature']} is not above 0")
+        except (KeyError, TypeError, ValueError) as e:
+            raise HistoscanInputError(f"{self.calibration_path}: not a calibration file ({e})") from None
+        return info
+
+    def write_calibration(self, info: dict[str, Any]) -> None:
+        atomic_write_json(self.calibration_path, info)
+
+    def temperature(self) -> float:
+        """The run's calibration temperature (1.0 when uncalibrated)."""
+        info = self.read_calibration()
+        return 1.0 if info is None else info["temperature"]
 
     def read_metrics(self) -> list[dict[str, str]]:
         """RUN/metrics.csv as rows (one per epoch, values as written, epochs 1-based); [] when absent."""

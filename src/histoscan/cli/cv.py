@@ -15,8 +15,7 @@ FINAL_CONFIG = "final-config.yaml"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `cv` subcommand (train's options plus --folds and --tta)."""
-    from histoscan.cli.evaluate import add_tta_option
+    """Add the `cv` subcommand (train's options, --tta among them, plus --folds)."""
     from histoscan.cli.train import add_train_options
     from histoscan.config import TrainConfig
     from histoscan.ranges import field_option
@@ -37,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run only these folds of the split (0-based, e.g. 0 or 0,1): a cheaper screen whose pooled figures "
         "cover those folds' patches only (default: all)",
     )
-    add_tta_option(p)
     p.add_argument(
         "--resume", action="store_true", help="keep the folds already trained and evaluated in --out"
     )
@@ -54,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     r = crossval(
         config,
         folds=args.folds,
-        tta=args.tta,
         force=args.force,
         echo=_fold_echo,
         resume=args.resume,

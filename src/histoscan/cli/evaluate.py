@@ -15,10 +15,10 @@ def add_tta_option(p: argparse.ArgumentParser) -> None:
         type=int,
         nargs="?",
         const=8,
-        default=0,
+        default=None,
         choices=[0, 4, 8],
         help="test-time augmentation: 4 rotations or 8 dihedral views, logits averaged "
-        "(--tta alone = 8; default 0)",
+        "(--tta alone = 8; default: the TTA the run was trained to be scored with, its config's tta)",
     )
 
 

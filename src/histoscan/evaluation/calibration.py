@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.metrics import expected_calibration_error
+from histoscan.evaluation.metrics import choose_run_threshold, expected_calibration_error
 from histoscan.utils.numeric import sigmoid
 
 T_MIN, T_MAX = 0.05, 20.0  # a separable validation split would drive T to 0: bounded
@@ -60,3 +60,26 @@ def calibration_report(y: Any, logits: Any, temperature: float) -> dict[str, flo
         out[f"brier_{name}"] = float(np.mean((p - y) ** 2))
         out[f"nll_{name}"] = nll(y, logits, t)
     return out
+
+
+def fit_decision(
+    y: Any,
+    logits: Any,
+    calibrate: str = "temperature",
+    rule: str = "youden",
+    target_sensitivity: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """A run's decision from its validation labels and raw logits: the temperature (`calibrate` "temperature" or
+    "none"), then the threshold by `rule` on the calibrated probabilities. Training writes the two parts as
+    RUN/calibration.json and RUN/threshold.json; benchmarks call the same function on kept logits.
+
+    Returns:
+        {"calibration": {method, temperature, ece/brier/nll before and after}, "threshold": threshold.json}.
+    """
+    y = np.asarray(y)
+    z = np.asarray(logits, dtype=np.float64)
+    fit = calibrate == "temperature" and len(np.unique(y)) == 2
+    temperature = fit_temperature(y, z) if fit else 1.0
+    calibration = {"method": "temperature" if fit else "none", **calibration_report(y, z, temperature)}
+    chosen = choose_run_threshold(y, sigmoid(z / temperature), target_sensitivity, rule)
+    return {"calibration": calibration, "threshold": {**chosen, "calibrated": temperature != 1.0}}

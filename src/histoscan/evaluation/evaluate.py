@@ -12,12 +12,13 @@ import numpy as np
 
 from histoscan.data.store import PatchStore, require_labelled
 from histoscan.errors import HistoscanInputError
+from histoscan.evaluation.calibration import calibration_report
 from histoscan.evaluation.metrics import choose_run_threshold, compute_metrics
 from histoscan.evaluation.report import write_figures, write_report
 from histoscan.inference.domain import domain_warnings
 from histoscan.inference.predict import fitted_column, fitted_summary, skipped_files, store_for_model
 from histoscan.inference.predictor import BackendName, Predictor, load_predictor
-from histoscan.inference.tta import infer, n_views
+from histoscan.inference.tta import infer, n_views, run_tta
 from histoscan.run import RunDir
 from histoscan.utils.fs import atomic_path, atomic_write_json, staged_folder
 from histoscan.utils.numeric import sigmoid
@@ -105,7 +106,7 @@ def evaluate(
     model: str | Path,
     data: str | Path,
     out: str | Path | None = None,
-    tta: int = 0,
+    tta: int | None = None,
     batch_size: int = 256,
     target_sensitivity: float | None = None,
     backend: BackendName = "auto",
@@ -125,7 +126,7 @@ def evaluate(
         model: run folder, checkpoint or .onnx export.
         data: labelled source or STORE (both classes needed: AUC and sensitivity/specificity need both).
         out: output folder (default RUN/eval-<data name>/); a non-empty one needs `force`.
-        tta: 0, 4 or 8 dihedral views (logits averaged).
+        tta: 0, 4 or 8 dihedral views (logits averaged); None: the run's recorded `tta`.
         batch_size: patches per forward (times the TTA views).
         target_sensitivity: optional operating point for the threshold, chosen on validation data.
         backend: "auto" (from MODEL), "torch" or "onnx".
@@ -139,10 +140,12 @@ def evaluate(
         `warnings`: one line each when the data's µm/px or colour lies far from the training data's, also
         in `notes` and the report; `colour_distance`).
     """
-    n_views(tta)
+    if tta is not None:
+        n_views(tta)
     if n_boot < 0:
         raise HistoscanInputError(f"--n-boot {n_boot}: must be 0 or more")
     predictor = load_predictor(model, backend)
+    tta = run_tta(predictor, tta)
     card = predictor.card
     out_dir = Path(out).expanduser() if out is not None else default_out_dir(predictor, data)
     with staged_folder(out_dir, force) as tmp:
@@ -192,7 +195,10 @@ def _evaluate_into(
             f"evaluate: {card.describe()} on {data}: {len(rows)} patches ({int(y.sum())} tumour; {subset}), "
             f"TTA {n_views(tta)} view(s)"
         )
-    probs = sigmoid(infer(predictor, store.images, rows, tta, batch_size, desc="evaluate"))
+    logits = infer(predictor, store.images, rows, tta, batch_size, desc="evaluate")
+    probs = sigmoid(logits)
+    temperature = float(getattr(card, "temperature", 1.0))  # applied inside the predictor already
+    calibration = calibration_report(y, logits * temperature, temperature)
     stain_line = predictor.stain_note("evaluated patches (TTA views counted)")
     if stain_line:
         notes.append(stain_line)
@@ -225,6 +231,7 @@ def _evaluate_into(
         backend=card.backend,
         tta=n_views(tta),
         threshold_source=source,
+        calibration=calibration,
         n_groups=len(set(groups)) if grouped else 0,
         n_skipped=n_skipped,
         n_fitted=sum(1 for f in fitted if f),
@@ -234,7 +241,8 @@ def _evaluate_into(
     )
     _write_predictions(out_dir / "predictions.csv", ids, groups, y, probs, fitted)
     atomic_write_json(out_dir / "metrics.json", m)
-    figures = write_figures(out_dir, y, probs, m, run)
+    p_before = sigmoid(logits * temperature) if temperature != 1.0 else None
+    figures = write_figures(out_dir, y, probs, m, run, p_before)
     config = card.config.to_dict() if card.config is not None else None
     write_report(
         out_dir,

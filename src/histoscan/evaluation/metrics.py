@@ -356,18 +356,22 @@ def select_threshold(
     raise HistoscanInputError(f"threshold method {method!r}: choose youden or sensitivity")
 
 
-def choose_run_threshold(y_val: Any, p_val: Any, target_sensitivity: float | None = None) -> dict[str, Any]:
+def choose_run_threshold(
+    y_val: Any, p_val: Any, target_sensitivity: float | None = None, rule: str | None = None
+) -> dict[str, Any]:
     """The content of RUN/threshold.json, chosen on the validation split.
 
-    Youden's J by default, or the most specific threshold reaching `target_sensitivity`. With a validation
-    split lacking a class, 0.5 is kept and the reason recorded.
+    `rule` "youden" (Youden's J; the default), "sensitivity" (the most specific threshold reaching
+    `target_sensitivity`; implied when only that is given) or "0.5" (meaningful for calibrated probabilities;
+    its validation sensitivity/specificity are still recorded). With a validation split lacking a class, 0.5 is
+    kept and the reason recorded.
     """
     y, p = _check(y_val, p_val)
     info: dict[str, Any] = {"n_val": len(y), "n_val_positive": int(y.sum())}
     if y.min() == y.max():
         return {"threshold": 0.5, "method": "default", "note": "validation split has one class", **info}
-    method = "sensitivity" if target_sensitivity is not None else "youden"
-    t = select_threshold(y, p, method, target_sensitivity)
+    method = rule or ("sensitivity" if target_sensitivity is not None else "youden")
+    t = 0.5 if method == "0.5" else select_threshold(y, p, method, target_sensitivity)
     pred = p >= t
     info["val_sensitivity"] = float(pred[y == 1].mean())
     info["val_specificity"] = float((~pred[y == 0]).mean())

@@ -99,13 +99,22 @@ def plot_confusion(m: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_calibration(y: np.ndarray, p: np.ndarray, m: dict[str, Any], path: Path) -> Path:
-    """Reliability diagram (fraction positive against mean probability per bin) over a histogram of p."""
+def plot_calibration(
+    y: np.ndarray, p: np.ndarray, m: dict[str, Any], path: Path, p_before: np.ndarray | None = None
+) -> Path:
+    """Reliability diagram (fraction positive against mean probability per bin) over a histogram of p; with
+    `p_before`, the uncalibrated model's diagram beside it (the temperature in m["calibration"])."""
     mean_p, frac, count = reliability(y, p)
     fig, (ax, hx) = plt.subplots(2, 1, figsize=(4.8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ok = count > 0
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.plot(mean_p[ok], frac[ok], "o-", label=f"model (ECE {m['ece']:.3f})")
+    if p_before is not None:
+        cal = m.get("calibration") or {}
+        b_mean, b_frac, b_count = reliability(y, p_before)
+        ax.plot(b_mean[b_count > 0], b_frac[b_count > 0], "s:", color="C1", alpha=0.8,
+                label=f"before calibration (ECE {cal.get('ece_before', float('nan')):.3f})")  # fmt: skip
+    label = f"calibrated, T = {m['calibration']['temperature']:.3g}" if p_before is not None else "model"
+    ax.plot(mean_p[ok], frac[ok], "o-", color="C0", label=f"{label} (ECE {m['ece']:.3f})")
     ax.set(ylabel="fraction tumour", ylim=(0, 1), title="Reliability diagram")
     ax.legend(loc="upper left", fontsize=8)
     edges = np.linspace(0, 1, len(count) + 1)

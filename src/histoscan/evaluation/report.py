@@ -101,14 +101,22 @@ def evaluated_mark(
     return evaluated_epoch(curves, monitor, last)
 
 
-def write_figures(out_dir: Path, y: np.ndarray, p: np.ndarray, m: dict[str, Any], run: RunDir | None) -> dict:
-    """Write roc.png, pr.png, confusion.png, calibration.png and (with RUN/metrics.csv) curves.png, the
-    evaluated epoch marked on the curves (see `evaluated_mark`; m["checkpoint"] names the weights)."""
+def write_figures(
+    out_dir: Path,
+    y: np.ndarray,
+    p: np.ndarray,
+    m: dict[str, Any],
+    run: RunDir | None,
+    p_before: np.ndarray | None = None,
+) -> dict:
+    """Write roc.png, pr.png, confusion.png, calibration.png (with `p_before`, the uncalibrated probabilities,
+    drawn too) and (with RUN/metrics.csv) curves.png, the evaluated epoch marked on the curves (see
+    `evaluated_mark`; m["checkpoint"] names the weights)."""
     figs = {
         "roc": plot_roc(y, p, m, out_dir / "roc.png"),
         "pr": plot_pr(y, p, m, out_dir / "pr.png"),
         "confusion": plot_confusion(m, out_dir / "confusion.png"),
-        "calibration": plot_calibration(y, p, m, out_dir / "calibration.png"),
+        "calibration": plot_calibration(y, p, m, out_dir / "calibration.png", p_before),
     }
     curves = training_curves(run) if run is not None else None
     if curves:
@@ -150,6 +158,13 @@ def _metrics_table(m: dict[str, Any]) -> str:
         c = ci.get(key)
         interval = f"{c[0]:.4f} – {c[1]:.4f}" if c else ""
         rows.append(f"<tr><td>{label}</td><td>{_fmt(m.get(key))}</td><td>{interval}</td></tr>")
+    cal = m.get("calibration")
+    if cal:  # before = the network's own logits, after = divided by the run's temperature
+        for key, label in (("ece", "ECE (15 bins)"), ("brier", "Brier score"), ("nll", "NLL")):
+            rows.append(
+                f"<tr><td>{label} before → after calibration (T = {cal['temperature']:.3g})</td>"
+                f"<td>{_fmt(cal[key + '_before'])} → {_fmt(cal[key + '_after'])}</td><td></td></tr>"
+            )
     boot = m.get("bootstrap") or {}
     cap = (
         f"95% CIs: percentile bootstrap over {boot.get('n_units')} {boot.get('unit')}s, {boot.get('n_boot')} "

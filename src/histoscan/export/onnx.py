@@ -126,6 +126,7 @@ def _metadata(predictor: TorchPredictor, opset: int, parity: float, parity_sourc
         "mpp": "" if card.mpp is None else str(card.mpp),
         "threshold": repr(float(card.threshold)),
         "threshold_source": card.threshold_source,
+        "temperature": repr(float(card.temperature)),  # divides the logits inside this graph
         "fit": card.fit,
         "stain": card.stain,
         "normalisation": card.normalisation,

@@ -28,6 +28,8 @@ class ModelCard:
         weights: the weights file (checkpoint or .onnx).
         run_dir: the run folder, when the model belongs to one.
         config: the training configuration (rebuilt from ONNX metadata for an export).
+        temperature: the calibration temperature the logits are divided by (1.0: uncalibrated); already
+            applied by the predictor (and inside an ONNX export's graph), recorded here to be said.
     """
 
     model: str
@@ -43,6 +45,7 @@ class ModelCard:
     weights: str
     run_dir: str | None = None
     config: TrainConfig | None = field(default=None, compare=False, repr=False)
+    temperature: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (the config as a plain dict)."""
@@ -53,9 +56,10 @@ class ModelCard:
     def describe(self) -> str:
         """One line for console summaries."""
         mpp = "?" if self.mpp is None else f"{self.mpp:g}"
+        calibrated = f", calibrated T={self.temperature:.3g}" if self.temperature != 1.0 else ""
         return (
-            f"{self.model} ({self.backend}, {self.image_size} px at {mpp} µm/px, threshold {self.threshold:.3g} "
-            f"from {self.threshold_source})"
+            f"{self.model} ({self.backend}, {self.image_size} px at {mpp} µm/px{calibrated}, threshold "
+            f"{self.threshold:.3g} from {self.threshold_source})"
         )
 
 
@@ -64,4 +68,5 @@ def threshold_fields(info: dict[str, Any] | None) -> tuple[float, str]:
     if info is None:
         return 0.5, "default 0.5 (the run has no threshold.json)"
     method = info.get("method", "?")
-    return float(info["threshold"]), f"threshold.json: {method}, chosen on the validation split"
+    on = "calibrated validation probabilities" if info.get("calibrated") else "the validation split"
+    return float(info["threshold"]), f"threshold.json: {method}, chosen on {on}"

@@ -109,6 +109,7 @@ class OnnxPredictor(Predictor):
             weights=str(self.path),
             run_dir=str(run.path) if run is not None else None,
             config=_config(raw, facts),
+            temperature=float(raw.get("temperature", 1.0)),  # inside the graph already; said, not applied
         )
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from histoscan.errors import HistoscanInputError
 from histoscan.inference.card import ModelCard
 from histoscan.inference.domain import domain_warnings
 from histoscan.inference.predictor import BackendName, load_predictor
-from histoscan.inference.tta import infer, n_views
+from histoscan.inference.tta import infer, n_views, run_tta
 from histoscan.utils.fs import atomic_path, guard_output
 from histoscan.utils.numeric import sigmoid
 
@@ -127,7 +127,7 @@ def predict(
     data: str | Path,
     out: str | Path,
     fmt: Literal["csv", "kaggle"] = "csv",
-    tta: int = 0,
+    tta: int | None = None,
     batch_size: int = 256,
     backend: BackendName = "auto",
     skip_bad: bool = False,
@@ -141,7 +141,7 @@ def predict(
         out: output CSV file (an existing file needs `force`).
         fmt: "csv" (id,probability,label at the run's threshold,fitted) or "kaggle" (id,label = tumour
             probability, in sample_submission.csv order when DATA has one; ids are file stems).
-        tta: 0, 4 or 8 dihedral views averaged in logit space.
+        tta: 0, 4 or 8 dihedral views averaged in logit space; None: the run's recorded `tta`.
         batch_size: patches per forward (times the TTA views).
         backend: "auto" (from MODEL), "torch" or "onnx".
         skip_bad: skip unreadable images (counted and listed in the summary) instead of stopping.
@@ -155,9 +155,11 @@ def predict(
     """
     if fmt not in ("csv", "kaggle"):
         raise HistoscanInputError(f"--format {fmt}: choose csv or kaggle")
-    n_views(tta)
+    if tta is not None:
+        n_views(tta)
     out = guard_output(out, force, "file")
     predictor = load_predictor(model, backend)
+    tta = run_tta(predictor, tta)
     card = predictor.card
     store = store_for_model(data, card, "unlabelled", skip_bad)
     warnings, colour_distance = domain_warnings(predictor, store.meta.get("mpp"), store.images)

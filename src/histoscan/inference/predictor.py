@@ -97,6 +97,7 @@ def load_torch_predictor(path: str | Path, device: str | None = "auto") -> Torch
     else:
         raise HistoscanInputError(f"{p}: no such run folder, checkpoint or .onnx file")
     clf, config, hp = load_checkpoint(ckpt)
+    clf.temperature = run.temperature() if run is not None else 1.0
     threshold, source = threshold_fields(run.read_threshold() if run is not None else None)
     mpp = hp.get("mpp", config.mpp)
     card = ModelCard(
@@ -113,6 +114,7 @@ def load_torch_predictor(path: str | Path, device: str | None = "auto") -> Torch
         weights=str(ckpt),
         run_dir=str(run.path) if run is not None else None,
         config=config,
+        temperature=clf.temperature,
     )
     return TorchPredictor(clf, card, torch_device(device))
 

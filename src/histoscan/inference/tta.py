@@ -22,6 +22,16 @@ def n_views(tta: int) -> int:
     return max(tta, 1)
 
 
+def run_tta(predictor: Predictor, tta: int | None) -> int:
+    """`tta` when given, else the TTA the model's run recorded at training time (its `tta` config field, which
+    its threshold and calibration were fitted with); 0 for a model that records none."""
+    if tta is not None:
+        n_views(tta)
+        return tta
+    config = getattr(predictor.card, "config", None)
+    return int(getattr(config, "tta", 0) or 0)
+
+
 def tta_logits(
     predictor: Predictor | Callable[[np.ndarray], np.ndarray], batch: np.ndarray | torch.Tensor, tta: int = 0
 ) -> np.ndarray:

@@ -19,7 +19,8 @@ class PatchClassifier(nn.Module):
 
     Stages, used separately by training (augmentation goes between `prepare` and `head`):
     `prepare`: NHWC 0..255 -> NCHW float in [0, 1] (channels_last), then stain normalisation if configured;
-    `head`: per-channel normalisation -> network -> logits of shape (N,).
+    `head`: per-channel normalisation -> network -> logits of shape (N,), divided by `temperature` (the run's
+    calibration, 1.0 while training; a plain float, so an ONNX export bakes it into the graph as a constant).
     """
 
     def __init__(self, net: nn.Module, stain: nn.Module | None = None):
@@ -28,6 +29,7 @@ class PatchClassifier(nn.Module):
         self.stain = stain
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.temperature = 1.0
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """NHWC 0..255 -> NCHW float in [0, 1] (stain-normalised when a normaliser is set)."""
@@ -36,7 +38,8 @@ class PatchClassifier(nn.Module):
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW float in [0, 1] -> logits (N,)."""
-        return self.net((x - self.mean) / self.std).reshape(-1)
+        logits = self.net((x - self.mean) / self.std).reshape(-1)
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.prepare(x))

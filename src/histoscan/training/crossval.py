@@ -32,7 +32,7 @@ def _read_predictions(path: Path) -> list[dict[str, str]]:
 def crossval(
     config: TrainConfig,
     folds: int = 5,
-    tta: int = 0,
+    tta: int | None = None,
     force: bool = False,
     echo: Echo | None = None,
     resume: bool = False,
@@ -47,6 +47,7 @@ def crossval(
     runs only those folds of the `folds`-fold split (a cheaper screen; pooled figures cover their patches only).
     """
     config.validate()
+    tta = config.tta if tta is None else tta  # the run's own scoring views unless the caller asks for others
     if folds < 2:
         raise HistoscanInputError(f"--folds {folds}: must be at least 2")
     chosen = list(range(folds)) if use_folds is None else sorted(set(use_folds))

@@ -109,7 +109,8 @@ def end_summary(
     epoch, value = best_epoch(metrics, config.monitor)
     best = f"best epoch {epoch} ({config.monitor} {value:.4f})" if epoch else "no validated epoch"
     thr = (
-        f"threshold {threshold['threshold']:.3g} ({threshold.get('method', '?')} on the validation split)"
+        f"threshold {threshold['threshold']:.3g} ({threshold.get('method', '?')} on the "
+        f"{'calibrated ' if threshold.get('calibrated') else ''}validation split)"
         if threshold
         else "no threshold"
     )

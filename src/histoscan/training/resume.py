@@ -13,7 +13,8 @@ from histoscan.errors import HistoscanInputError
 
 # The options that may change on --resume: how long, where and with what logging a run goes on, never what it
 # learns from or how. epochs: extend (or cap) the run; patience: early stopping only decides when to stop (a
-# run stopped early needs a larger one to go on); target_sensitivity: only the threshold chosen after training;
+# run stopped early needs a larger one to go on); target_sensitivity, threshold_rule, calibrate, tta: only the
+# decision fitted on the validation split after training (threshold, temperature, the views they are scored with);
 # num_workers: loading only (every batch is reseeded from seed/epoch/batch, so results do not depend on it);
 # accelerator/devices/num_nodes/precision: the machine it continues on ("auto", the default, already means
 # "whatever this machine has"); logger: the extra experiment log (metrics.csv is always written).
@@ -23,6 +24,9 @@ RESUMABLE = (
     "epochs",
     "patience",
     "target_sensitivity",
+    "threshold_rule",
+    "calibrate",
+    "tta",
     "num_workers",
     "accelerator",
     "devices",

@@ -19,8 +19,9 @@ from histoscan.data.loader import StoreDataModule
 from histoscan.data.splits import check_grouping, make_folds, make_split
 from histoscan.data.store import PatchStore, require_labelled, resolve_store, write_skipped
 from histoscan.errors import HistoscanInputError, Interrupted
-from histoscan.evaluation.metrics import choose_run_threshold
+from histoscan.evaluation.calibration import fit_decision
 from histoscan.inference.predictor import load_torch_predictor
+from histoscan.inference.tta import infer
 from histoscan.models import REGISTRY, check_model_name
 from histoscan.run import RunDir
 from histoscan.training.module import PatchModule
@@ -136,9 +137,7 @@ def train(
                 shutil.rmtree(run.path, ignore_errors=True)  # failed in the fit before any epoch was saved
         raise
     if trainer.is_global_zero:
-        _choose_threshold(
-            run, store, np.flatnonzero(split == "val"), config.batch_size, config.target_sensitivity
-        )
+        decide(run, store, np.flatnonzero(split == "val"), config)
         if say is not None:
             metrics = run.read_metrics()
             reason = stop_reason(trainer, config)
@@ -263,11 +262,15 @@ def _data_summary(store: PatchStore, split: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _choose_threshold(
-    run: RunDir, store: PatchStore, val_rows: np.ndarray, batch_size: int, target_sensitivity: float | None
-) -> None:
-    """Pick the decision threshold on the validation split with the best checkpoint; store RUN/threshold.json."""
+def decide(run: RunDir, store: PatchStore, val_rows: np.ndarray, config: TrainConfig) -> None:
+    """Fix the run's decision on its validation split with the best checkpoint, scored as the run will be
+    (`config.tta` views): the calibration temperature (RUN/calibration.json, `config.calibrate`), then the
+    threshold by `config.threshold_rule` on the calibrated probabilities (RUN/threshold.json)."""
     predictor = load_torch_predictor(run.path)
+    predictor.classifier.temperature = 1.0  # raw logits, also when an earlier calibration of this run exists
     rows = np.sort(val_rows)
-    probs = predictor.predict_proba(store.images[rows], batch_size=max(batch_size, 128))
-    run.write_threshold(choose_run_threshold(store.labels[rows], probs, target_sensitivity))
+    y = store.labels[rows]
+    logits = infer(predictor, store.images, rows, config.tta, max(config.batch_size, 128), "calibrate")
+    d = fit_decision(y, logits, config.calibrate, config.threshold_rule, config.target_sensitivity)
+    run.write_calibration({**d["calibration"], "fitted_on": "validation split", "n_val": len(rows), "tta": config.tta})
+    run.write_threshold({**d["threshold"], "tta": config.tta})
