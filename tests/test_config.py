@@ -86,8 +86,10 @@ def test_cli_options_come_from_the_fields() -> None:
         assert action.default is None  # "not given": the dataclass default applies
         if f.default not in (None, dataclasses.MISSING) and f.type != "bool":
             assert f"(default {f.default})" in action.help  # the help states the one default
-        if f.metadata.get("choices"):
+        if f.metadata.get("choices") and f.metadata.get("range") is None:
             assert tuple(action.choices) == f.metadata["choices"]
+        elif f.metadata.get("choices"):  # numeric choices (tta): parsed by the range, named by validation
+            assert action.metavar == "{" + ",".join(map(str, f.metadata["choices"])) + "}"
     args = parser.parse_args(["--lr", "0.001", "--augment", "none", "--balanced"])
     cfg = config_from_options(vars(args))
     assert (cfg.lr, cfg.augment, cfg.balanced, cfg.epochs) == (0.001, [], True, TrainConfig().epochs)

@@ -118,7 +118,10 @@ class TrainConfig:
         "test-time augmentation views the run is scored with (0 off, 4 rotations, 8 dihedral views): used for "
         "the threshold and calibration, and by evaluate / predict when they are not given --tta",
         type=int,
+        low=0,
+        high=8,
         choices=(0, 4, 8),
+        metavar="{0,4,8}",
     )
     # D4 only by default: affine/colour/HED jitter lowered validation AUC on idc-breast (docs/results.md)
     augment: list[str] = _opt(
@@ -295,8 +298,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = dict(default=None, help=text.replace("%", "%%"))
         if meta.get("range") is not None:  # checked as it is parsed: a bad value stops before anything runs
             kwargs.update(action=RangeAction, bounds=meta["range"])
-        if meta.get("choices"):
-            kwargs["choices"] = meta["choices"]
+        if meta.get("choices") and meta.get("range") is None:  # numeric choices: the range action parses the
+            kwargs["choices"] = meta["choices"]  # number, TrainConfig's validation then names the choices
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
         parser.add_argument(option_name(f.name), **kwargs)
