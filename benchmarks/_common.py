@@ -19,6 +19,13 @@ def shared_data() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
+def same_config(saved: dict[str, Any], wanted: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether a kept run's recorded configuration is the wanted one. A field the record lacks (added to
+    TrainConfig after it was made) counts as its default, so a new option at its default keeps old results valid;
+    a field the record has that is no longer wanted makes it stale."""
+    return set(saved) <= set(wanted) and all(saved.get(k, defaults.get(k)) == v for k, v in wanted.items())
+
+
 def run_timed(cmd: list[str]) -> tuple[float, Any, str, str]:
     """Run a command to completion: (wall s, its own rusage, stdout, stderr); a failure ends the benchmark.
 

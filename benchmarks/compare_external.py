@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import replace_block
+from _common import replace_block, same_config
 
 from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.store import resolve_store
@@ -121,8 +121,7 @@ def _setup(cfg: TrainConfig) -> dict[str, object]:
 def _same_setup(saved: dict[str, object], wanted: dict[str, object]) -> bool:
     """Whether a kept training is the wanted one: a field the kept record lacks (added to TrainConfig later)
     counts as its default, so new options at their defaults do not make kept results stale."""
-    saved = {k: v for k, v in saved.items() if k not in DECISION}
-    return all(saved.get(k, DEFAULTS.get(k)) == v for k, v in wanted.items()) and set(saved) <= set(wanted)
+    return same_config({k: v for k, v in saved.items() if k not in DECISION}, wanted, DEFAULTS)
 
 
 def decision_settings(cfg: TrainConfig) -> dict[str, object]:

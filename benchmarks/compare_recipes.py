@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import replace_block
+from _common import replace_block, same_config
 
 from histoscan.cli.cv import parse_folds
 from histoscan.config import TrainConfig, config_from_options
@@ -306,9 +306,11 @@ def _kept(keep: Path | None, name: str, setup: dict) -> tuple[list[dict[str, str
     info = json.loads((keep / f"{name}.json").read_text())
     saved, wanted = info.get("setup") or {}, json.loads(json.dumps(setup))
     if "config" in saved and "config" in wanted:  # the resolved configuration decides, not how it was spelled
+        if not same_config(saved["config"], wanted["config"], TrainConfig().to_dict()):
+            return None
         saved, wanted = (
-            {k: v for k, v in saved.items() if k != "recipe"},
-            {k: v for k, v in wanted.items() if k != "recipe"},
+            {k: v for k, v in saved.items() if k not in ("recipe", "config")},
+            {k: v for k, v in wanted.items() if k not in ("recipe", "config")},
         )
     folds = wanted.pop("use_folds", None)
     if saved == {**wanted, **({"use_folds": folds} if folds is not None else {})}:
