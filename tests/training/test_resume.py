@@ -49,7 +49,8 @@ def test_a_conflicting_option_is_refused_naming_both_values() -> None:
     msg = str(e.value)
     assert msg.startswith(
         "--lr 0.01: this run was trained with lr 0.001; --seed 3: this run was trained with seed 42 "
-        "(options that may change on --resume: --epochs, --patience, --target-sensitivity, --num-workers, "
+        "(options that may change on --resume: --epochs, --patience, --target-sensitivity, --threshold-rule, "
+        "--calibrate, --tta, --num-workers, "
         "--accelerator, --devices, --num-nodes, --precision, --logger;"
     )
     assert "\n" not in msg
