@@ -4,6 +4,7 @@ external benchmark's "as shipped" scoring."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from run_fixtures import idc_store, make_run
-from tolerance import f32_tol
+from PIL import Image
+from tolerance import f32_tol, prob_tol
 
 from histoscan.config import TrainConfig, config_from_options
 from histoscan.evaluation.calibration import fit_decision
@@ -70,6 +72,18 @@ def test_predictor_and_onnx_graph_divide_the_logits_by_the_run_temperature(train
         ort = OnnxPredictor(onnx, threads=1)
         assert ort.card.temperature == 2.5
         np.testing.assert_allclose(ort(images), z / 2.5, rtol=0, atol=f32_tol(z))
+        # the server (and slide/slides, which load through the same load_predictor) answer calibrated too
+        from fastapi.testclient import TestClient
+
+        from histoscan.serve import ServeSettings, create_app
+
+        buf = io.BytesIO()
+        Image.fromarray(images[0]).save(buf, format="PNG")
+        with TestClient(create_app(run_path, ServeSettings(device="cpu"))) as client:
+            r = client.post("/v1/predict", files=[("files", ("a.png", buf.getvalue(), "image/png"))])
+        assert r.status_code == 200, r.text
+        got = r.json()["predictions"][0]["probability"]
+        assert got == pytest.approx(1 / (1 + np.exp(-z[0] / 2.5)), abs=prob_tol(z))
     finally:
         run.write_calibration(saved)
 
