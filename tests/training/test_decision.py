@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_fixtures import idc_store, make_run
 from PIL import Image
+from run_fixtures import idc_store, make_run
 from tolerance import f32_tol, prob_tol
 
 from histoscan.config import TrainConfig, config_from_options
@@ -92,7 +92,9 @@ def test_evaluate_defaults_to_the_tta_the_run_recorded(idc_root: Path, tmp_path:
     store = idc_store(idc_root, tmp_path, patients=8, per_class=4)
     run = make_run(tmp_path / "run", store=store, tta=8)
     assert evaluate(run, str(store.path), out=tmp_path / "e8", n_boot=0)["tta"] == 8
-    assert evaluate(run, str(store.path), out=tmp_path / "e0", tta=0, n_boot=0)["tta"] == 1  # an explicit --tta wins
+    assert (
+        evaluate(run, str(store.path), out=tmp_path / "e0", tta=0, n_boot=0)["tta"] == 1
+    )  # an explicit --tta wins
 
 
 def test_benchmark_default_is_the_cli_default_and_scores_as_shipped(trained, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from run_fixtures import idc_store
 
@@ -316,3 +317,29 @@ def test_a_record_without_a_newer_option_means_its_default(store: PatchStore, fo
     (folder / "study.json").write_text(json.dumps(record))
     assert main(_argv(store.path, folder)) == 0
     assert main(_argv(store.path, folder, ema="0.9")) == 2
+
+
+def test_parameter_importance_table_and_plot(tmp_path: Path) -> None:
+    optuna = pytest.importorskip("optuna")
+    from histoscan.training.tune import _write_importance
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    # the objective depends on lr alone: fANOVA must give lr nearly all of the variance
+    study.optimize(lambda t: -abs(np.log10(t.suggest_float("lr", 1e-5, 1e-2, log=True)) + 3)
+                   + 0 * t.suggest_float("dropout", 0.0, 0.7), n_trials=30)  # fmt: skip
+    _write_importance(study, tmp_path, optuna)
+    with (tmp_path / "importance.csv").open(newline="") as f:
+        rows = {r["param"]: float(r["importance"]) for r in csv.DictReader(f)}
+    assert (
+        set(rows) == {"lr", "dropout"}
+        and rows["lr"] > 0.9
+        and sum(rows.values()) == pytest.approx(1, abs=1e-3)
+    )
+    assert (tmp_path / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one = tmp_path / "one"
+    one.mkdir()
+    single = optuna.create_study()
+    single.optimize(lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
+    _write_importance(single, one, optuna)  # one trial: nothing to apportion, nothing written
+    assert not (one / "importance.csv").exists()

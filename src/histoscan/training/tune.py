@@ -40,8 +40,11 @@ from histoscan.utils.fs import atomic_path, atomic_write_text, guard_output
 from histoscan.utils.numeric import sigmoid
 
 # The search space, declared here and only here: field -> (kind, arguments). Kinds: "log" (log-uniform float
-# between two bounds), "float" (uniform), "choice" (one of a list). Augmentation choices are comma lists.
+# between two bounds), "float" (uniform), "int" (uniform integer), "choice" (one of a list). Augmentation
+# choices are comma lists.
 SEARCH_SPACE: dict[str, tuple[str, Any]] = {
+    "epochs": ("int", (6, 30)),  # with --patience >= 6 early stopping does not cut a one-cycle short
+    "schedule": ("choice", ["onecycle", "plateau", "cosine"]),
     "lr": ("log", (1e-5, 3e-3)),
     "weight_decay": ("log", (1e-6, 1e-2)),
     "dropout": ("float", (0.0, 0.7)),
@@ -74,6 +77,8 @@ def suggest(trial: Any, params: Sequence[str]) -> dict[str, Any]:
             values[name] = trial.suggest_float(name, *arg, log=True)
         elif kind == "float":
             values[name] = trial.suggest_float(name, *arg)
+        elif kind == "int":
+            values[name] = trial.suggest_int(name, *arg)
         else:
             values[name] = trial.suggest_categorical(name, arg)
     if isinstance(values.get("augment"), str):
@@ -362,3 +367,32 @@ def _write_results(study: Any, out: Path, config: TrainConfig, optuna: Any) -> N
         # a smoke-run cap of the trials is no part of the configuration a real run should train with
         cfg = dataclasses.replace(config, **values, out="", folds=None, fold=None, limit_batches=None)
         cfg.save(out / "best.yaml")
+    _write_importance(study, out, optuna)
+
+
+def _write_importance(study: Any, out: Path, optuna: Any) -> None:
+    """OUT/importance.csv and OUT/importance.png: each searched parameter's share of the objective's variance
+    over the completed trials (Optuna's fANOVA); needs two completed trials that differ."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len({tuple(sorted(t.params.items())) for t in done}) < 2:
+        return
+    try:
+        scores = optuna.importance.get_param_importances(study)
+    except (ImportError, RuntimeError, ValueError):  # scikit-learn missing, or a space fANOVA cannot split
+        return
+    with atomic_path(out / "importance.csv") as tmp, tmp.open("w", newline="") as f:
+        csv.writer(f).writerows([["param", "importance"], *[[k, f"{v:.4f}"] for k, v in scores.items()]])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scores)[::-1]
+    fig, ax = plt.subplots(figsize=(5, 0.4 * len(names) + 1.2))
+    ax.barh(names, [scores[n] for n in names], color="#4c72b0")
+    ax.set_xlabel("importance (fANOVA share of mean-AUC variance)")
+    ax.set_title(f"{len(done)} completed trials")
+    fig.tight_layout()
+    with atomic_path(out / "importance.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
