@@ -15,12 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tune",
         help="hyper-parameter search (Optuna) on grouped CV folds, resumable",
         description="Search epochs, schedule, learning rate, weight decay, dropout, batch size and augmentation "
-        "(histoscan.training.tune.SEARCH_SPACE) by the mean held-out AUC over --use-folds of a grouped --folds "
-        "split. Bad trials are pruned on their first fold. The study is OUT/study.db: run the same command "
-        "again to continue a tune that was stopped (--trials and --timeout may change; other data, folds, searched fields or options are "
-        "refused: --force starts a new study). Writes OUT/trials.csv, OUT/importance.csv + .png "
-        "(fANOVA parameter importance) and OUT/best.yaml (use: histoscan train --config OUT/best.yaml; a "
-        "--limit-batches smoke cap is left out of it).",
+        "(histoscan.training.tune.SEARCH_SPACE) by the mean held-out AUC over --use-folds of a grouped "
+        "--folds split. Bad trials are pruned on their first fold. The study is OUT/study.db: run the same "
+        "command again to continue a tune that was stopped (--trials and --timeout may change; other data, "
+        "folds, searched fields or options are refused: --force starts a new study). Writes OUT/trials.csv, "
+        "OUT/importance.csv + .png (fANOVA parameter importance) and OUT/best.yaml (use: histoscan train "
+        "--config OUT/best.yaml; a --limit-batches smoke cap is left out of it).",
     )
     add_train_options(p)
     p.add_argument(
