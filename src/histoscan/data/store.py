@@ -41,7 +41,7 @@ from histoscan.errors import HistoscanInputError
 from histoscan.utils.fs import atomic_path, guard_output, replace_folder
 from histoscan.utils.paths import cache_dir as default_cache_dir
 
-__all__ = ["PatchStore", "is_store", "prepare", "require_labelled", "resolve_store", "write_skipped"]
+__all__ = ["PatchStore", "is_store", "pack_source", "prepare", "require_labelled", "resolve_store", "write_skipped"]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,18 @@ def _shrink_npy(path: Path, n: int) -> None:
         f.truncate(offset + n * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
-def _pack(src: Source, out: Path, size: int, fit: Fit, skip_bad: bool, checksum: str) -> PatchStore:
+def pack_source(
+    src: Source, out: Path, size: int, checksum: str, force: bool = False, extra: dict[str, str] | None = None
+) -> PatchStore:
+    """Pack a Source whose patches are already `size` px (e.g. tiles cut from slides) into the store `out`;
+    `extra` files (name -> text) are written into the store beside its own."""
+    _check_out(out, force)
+    return _pack(src, out, size, "pad", False, checksum, extra)
+
+
+def _pack(
+    src: Source, out: Path, size: int, fit: Fit, skip_bad: bool, checksum: str, extra: dict[str, str] | None = None
+) -> PatchStore:
     """Decode `src` into a temporary folder beside `out`, then move it into place."""
     started = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +193,8 @@ def _pack(src: Source, out: Path, size: int, fit: Fit, skip_bad: bool, checksum:
             "seconds": round(time.time() - started, 2),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -99,7 +99,7 @@ def annotation_for(slide: str | Path, annotations: str | Path, single: bool = Fa
         return a
     if not a.is_dir():
         raise HistoscanInputError(f"--annotations {a}: no such file or folder")
-    stem = Path(slide).name.split(".")[0] if Path(slide).is_dir() else Path(slide).stem
+    stem = Path(slide).stem
     found = [a / f"{stem}{s}" for s in SUFFIXES if (a / f"{stem}{s}").is_file()]
     if len(found) > 1:
         raise HistoscanInputError(f"--annotations {a}: {stem} has {len(found)} files ({', '.join(map(str, found))})")
