@@ -26,10 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from histoscan.data.store import resolve_store
-from histoscan.explain.cam import FLAT_SPREAD, cam_maps
-from histoscan.explain.fidelity import (
+from fidelity import (
     centre_composites,
     deletion_insertion,
     half_composites,
@@ -39,6 +36,9 @@ from histoscan.explain.fidelity import (
     smooth_random_maps,
     wilson_ci,
 )
+
+from histoscan.data.store import resolve_store
+from histoscan.explain.cam import FLAT_SPREAD, cam_maps
 from histoscan.explain.gradcam import default_explainer
 from histoscan.inference.predictor import TorchPredictor, load_predictor
 from histoscan.models import create_model

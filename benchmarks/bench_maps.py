@@ -10,7 +10,7 @@ blobs, glass holes; pyramidal JPEG TIFF) are built from the patches RUN/split.cs
 `--split-from` (the model never saw them), then every setting (extra `histoscan slide` options; "" = the
 defaults) maps every mosaic in a fresh CLI process. Mosaics are built for each `--offsets` value: 0 puts
 the cells on the tile grid (a 96 px tile is one patch), 48 shifts them half a cell (every 96 px tile straddles
-four patches, the worst case for boundaries). Scores per mosaic (`histoscan.slide.mosaic.score_map`, each
+four patches, the worst case for boundaries). Scores per mosaic (`histoscan.slide.scoring.score_map`, each
 heatmap cell against the truth cell under its centre), averaged over the mosaics: tile AUC over tissue cells,
 Dice at the run's threshold (and the best Dice over thresholds), region sensitivity at <= 1/2/4 false-positive
 regions per slide (thresholds swept), false-positive regions at the threshold, tumour-area error (mm²), glass
@@ -29,7 +29,7 @@ import numpy as np
 from _common import run_timed, shared_data
 from make_mosaic import load_pools, make_mosaics, test_ids
 
-from histoscan.slide.mosaic import score_map, truth_under_cells
+from histoscan.slide.scoring import score_map, truth_under_cells
 
 COLUMNS = (
     ("tile AUC", "tile_auc", "{:.3f}"),

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 from _common import replace_block, same_config
+from paired_bootstrap import _resample_weights, weighted_auc
 
 from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.store import resolve_store
 from histoscan.evaluation.calibration import calibration_report, fit_decision, fit_temperature
-from histoscan.evaluation.compare import _resample_weights, weighted_auc
 from histoscan.evaluation.metrics import compute_metrics, select_threshold
 from histoscan.inference.predictor import load_predictor
 from histoscan.inference.tta import infer

@@ -5,7 +5,7 @@
 The image is a grid of 512 px blocks: a few elliptical "sections" filled with real tissue tiles cut from the
 shared slides (random flips/rotations), on a near-white background. Level 0 is at the source slide's µm/px
 (0.499, cmu-1-small-region) so tissue appears at its true scale; levels 1.. are 2x downsamples down to
-<= 1024 px, written as successive reduced-resolution pages, which both OpenSlide (generic-tiff) and tifffile
+<= 1024 px, written as successive reduced-resolution pages, which both OpenSlide (generic-tiff) and tiffslide
 read as one pyramid. Every tile comes from a generator, so memory stays at a few blocks whatever --size is.
 """
 

@@ -4,7 +4,7 @@
 
 Each mosaic is a grid of 96 px cells (one patch each) at 0.972 µm/px (PCam's), a 2-cell glass margin, an
 irregular tissue section of normal patches with blob-like tumour regions of tumour patches and a few glass
-holes (`histoscan.slide.mosaic`). With `--split-from RUN` only the patches RUN/split.csv marks "test" are
+holes (`truth_mosaic.py`). With `--split-from RUN` only the patches RUN/split.csv marks "test" are
 used (ids that model never saw); a patch is reused only when a mosaic needs more than the pool holds.
 Writes OUT/mosaic-<k>.tif plus .truth.npy (0 glass, 1 normal, 2 tumour per cell), .truth.json, .truth.geojson.
 """
@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from _common import shared_data
-
-from histoscan.slide.mosaic import mosaic_layout, paint_mosaic, save_mosaic
+from truth_mosaic import mosaic_layout, paint_mosaic, save_mosaic
 
 
 def hcd_labels(data: Path) -> dict[str, int]:

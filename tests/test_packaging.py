@@ -156,6 +156,13 @@ def test_wheel_installs_and_runs_outside_the_repository(shared_data: Path, tmp_p
     assert not installed.is_relative_to(REPO_ROOT), installed
     static = sorted(p.name for p in (REPO_ROOT / "src" / "histoscan" / "serve" / "static").iterdir())
     assert sorted(p.name for p in (installed.parent / "serve" / "static").iterdir()) == static  # package data
+    templates = sorted(p.name for p in (REPO_ROOT / "src" / "histoscan" / "templates").glob("*.html.j2"))
+    assert sorted(p.name for p in (installed.parent / "templates").glob("*.html.j2")) == templates
+    render = (
+        "from histoscan.utils.html import render_html as r; "
+        "print(r('cohort_index.html.j2', title='T&', note='', head=[], rows=[]))"
+    )
+    assert "<title>T&amp;</title>" in _run([python, "-c", render], tmp_path, env)  # the installed templates
 
     run = make_run(tmp_path / "run", image_size=48, threshold=0.5)
     patches = tmp_path / "patches"

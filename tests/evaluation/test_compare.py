@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.compare import paired_bootstrap, weighted_auc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # benchmark code, not the package
+from paired_bootstrap import paired_bootstrap, weighted_auc  # noqa: E402
 
 
 def test_weighted_auc_equals_sklearn_with_sample_weights_and_ties() -> None:

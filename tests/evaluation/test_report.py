@@ -80,6 +80,21 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert f"<td>tumour (1)</td><td>{int(y.sum())}</td>" in html
 
 
+def test_file_names_and_config_values_are_escaped(tmp_path: Path) -> None:
+    """A data file, model name, group or config value with `<`, `&` or quotes shows as text, never as markup."""
+    y, p, ids, groups, images = _case(20)
+    groups = [f"pt{i % 2}&<b>" for i in range(20)]
+    m = compute_metrics(y, p, 0.5, groups, n_boot=0)
+    m.update(model="net<i>", data="/data/tumour&normal <2024>.h5", backend="torch", threshold_source="a'b\"c")
+    config = {"data": "/data/tumour&normal <2024>.h5", "note": "</pre><script>x</script>"}
+    html = write_report(tmp_path, m, y, p, ids, groups, lambda pos: images[pos], config).read_text()
+    assert "<title>histoscan evaluation — net&lt;i&gt;</title>" in html
+    assert "<h1>histoscan evaluation: net&lt;i&gt; on tumour&amp;normal &lt;2024&gt;.h5</h1>" in html
+    assert "<td>pt0&amp;&lt;b&gt;</td><td>10</td>" in html and "<b>" not in html and "<i>" not in html
+    assert "note: &lt;/pre&gt;&lt;script&gt;x&lt;/script&gt;" in html and "<script>" not in html
+    assert "source: a&#39;b&#34;c" in html and "tumour&normal" not in html
+
+
 def test_no_curves_without_metrics_csv_and_bare_checkpoint(tmp_path: Path) -> None:
     y, p, ids, _, images = _case(10)
     m = compute_metrics(y, p, 0.5, n_boot=0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,10 @@ from torch import nn
 
 from histoscan.errors import HistoscanInputError
 from histoscan.explain.cam import cam_maps, resolve_method, tiles_exactly
-from histoscan.explain.fidelity import (
+from histoscan.models.classifier import PatchClassifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # benchmark code, not the package
+from fidelity import (  # noqa: E402
     blurred,
     centre_composites,
     deletion_insertion,
@@ -21,7 +27,6 @@ from histoscan.explain.fidelity import (
     smooth_random_maps,
     wilson_ci,
 )
-from histoscan.models.classifier import PatchClassifier
 
 S = 32
 TUMOUR, NORMAL = (60, 40, 160), (230, 150, 200)  # "tumour" pixels are blue, "normal" ones pink

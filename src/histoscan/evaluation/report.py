@@ -1,9 +1,12 @@
-"""Evaluation report: figures plus one self-contained report.html (images embedded as base64)."""
+"""Evaluation report: figures plus one self-contained report.html (images embedded as base64).
+
+The page is the jinja2 template histoscan/templates/evaluation_report.html.j2 (autoescaped); this module
+gathers and formats the values it shows.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,6 +29,7 @@ from histoscan.evaluation.plots import (
     read_training_curves,
 )
 from histoscan.run import RunDir, epoch_offset
+from histoscan.utils.html import render_html
 
 GRID = 16  # thumbnails per error grid
 METRIC_ROWS = [
@@ -40,24 +44,6 @@ METRIC_ROWS = [
     ("brier", "Brier score"),
     ("ece", "ECE (15 bins)"),
 ]
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
-.note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em .8em;margin:.5em 0}
-.plots img{max-width:49%;vertical-align:top}.wide img{max-width:100%}
-.summary{font-size:1.05em;margin:.2em 0 .8em}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,120px);gap:12px 10px;align-items:start}
-.grid figure{margin:0;width:120px;min-width:0;font-size:11px;line-height:1.3;text-align:center}
-.grid img{display:block;margin:0 auto 3px;width:104px;height:104px;image-rendering:pixelated;border:1px solid #aaa}
-.grid figcaption{overflow-wrap:anywhere;word-break:break-all}.grid .p{display:block;font-weight:600}
-pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:12px}.muted{color:#777}
-"""
-
-
-def _esc(x: Any) -> str:
-    return html.escape(str(x))
 
 
 def _b64_png(path: Path) -> str:
@@ -148,78 +134,73 @@ def _limit_text(config: dict[str, Any] | None) -> str | None:
 
 
 def _fmt(v: Any) -> str:
-    return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else _esc(v)
+    return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _metrics_table(m: dict[str, Any]) -> str:
+def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, value, 95 % CI) rows of the metrics table; with a calibration, before -> after rows too."""
     ci = m.get("ci95") or {}
     rows = []
     for key, label in METRIC_ROWS:
         c = ci.get(key)
-        interval = f"{c[0]:.4f} – {c[1]:.4f}" if c else ""
-        rows.append(f"<tr><td>{label}</td><td>{_fmt(m.get(key))}</td><td>{interval}</td></tr>")
+        rows.append((label, _fmt(m.get(key)), f"{c[0]:.4f} – {c[1]:.4f}" if c else ""))
     cal = m.get("calibration")
     if cal:  # before = the network's own logits, after = divided by the run's temperature
         for key, label in (("ece", "ECE (15 bins)"), ("brier", "Brier score"), ("nll", "NLL")):
             rows.append(
-                f"<tr><td>{label} before → after calibration (T = {cal['temperature']:.3g})</td>"
-                f"<td>{_fmt(cal[key + '_before'])} → {_fmt(cal[key + '_after'])}</td><td></td></tr>"
+                (
+                    f"{label} before → after calibration (T = {cal['temperature']:.3g})",
+                    f"{_fmt(cal[key + '_before'])} → {_fmt(cal[key + '_after'])}",
+                    "",
+                )
             )
+    return rows
+
+
+def _ci_caption(m: dict[str, Any]) -> str:
     boot = m.get("bootstrap") or {}
-    cap = (
+    if not boot:
+        return "no bootstrap"
+    return (
         f"95% CIs: percentile bootstrap over {boot.get('n_units')} {boot.get('unit')}s, {boot.get('n_boot')} "
         f"resamples ({boot.get('n_dropped')} one-class resamples dropped)"
-        if boot
-        else "no bootstrap"
-    )
-    c = m["confusion"]
-    return (
-        "<table><tr><th>metric</th><th>value</th><th>95% CI</th></tr>" + "".join(rows) + "</table>"
-        f"<p class=muted>{_esc(cap)}. Threshold {m['threshold']:.4g}: TP {c['tp']}, FP {c['fp']}, "
-        f"TN {c['tn']}, FN {c['fn']}.</p>"
     )
 
 
-def _counts_tables(y: np.ndarray, p: np.ndarray, groups: Sequence[str] | None, threshold: float) -> str:
-    n_pos = int(y.sum())
-    out = (
-        "<table><tr><th>class</th><th>patches</th><th>share</th></tr>"
-        f"<tr><td>normal (0)</td><td>{len(y) - n_pos}</td><td>{(len(y) - n_pos) / len(y):.1%}</td></tr>"
-        f"<tr><td>tumour (1)</td><td>{n_pos}</td><td>{n_pos / len(y):.1%}</td></tr></table>"
-    )
+def _group_rows(
+    y: np.ndarray, p: np.ndarray, groups: Sequence[str] | None, threshold: float
+) -> list[dict[str, Any]] | None:
+    """One row per patient/slide (sorted by name): patches, tumour, normal, mean p, accuracy; None without
+    groups."""
     if not groups or not any(groups):
-        return out + "<p class=muted>No patient/slide groups known for this data.</p>"
+        return None
     g = np.asarray(groups, dtype=str)
     names, inv = np.unique(g, return_inverse=True)
     n = np.bincount(inv)
     pos = np.bincount(inv, y)
     correct = np.bincount(inv, ((p >= threshold) == (y == 1)).astype(float))
     mean_p = np.bincount(inv, p) / n
-    rows = "".join(
-        f"<tr><td>{_esc(names[i] or '(none)')}</td><td>{n[i]}</td><td>{int(pos[i])}</td>"
-        f"<td>{n[i] - int(pos[i])}</td><td>{mean_p[i]:.3f}</td><td>{correct[i] / n[i]:.1%}</td></tr>"
+    return [
+        {
+            "name": names[i] or "(none)",
+            "n": int(n[i]),
+            "tumour": int(pos[i]),
+            "normal": int(n[i]) - int(pos[i]),
+            "mean_p": f"{mean_p[i]:.3f}",
+            "accuracy": f"{correct[i] / n[i]:.1%}",
+        }
         for i in np.argsort(names)
-    )
-    return out + (
-        f"<details{' open' if len(names) <= 20 else ''}>"
-        f"<summary>{len(names)} groups (patients/slides)</summary>"
-        "<table><tr><th>group</th><th>patches</th><th>tumour</th><th>normal</th><th>mean p</th>"
-        f"<th>accuracy</th></tr>{rows}</table></details>"
-    )
+    ]
 
 
 def _grid(
     title: str, pos: np.ndarray, ids: Sequence[str], p: np.ndarray, images: Callable, empty: str
-) -> str:
-    if len(pos) == 0:
-        return f"<h3>{_esc(title)}</h3><p class=muted>{_esc(empty)}</p>"
-    imgs = images(pos)
-    cells = "".join(
-        f"<figure title='{_esc(ids[i])}'><img src='{_thumb(im)}' alt='{_esc(ids[i])}'>"
-        f"<figcaption>{_esc(ids[i])}<span class=p>p = {p[i]:.3f}</span></figcaption></figure>"
-        for im, i in zip(imgs, pos, strict=True)
-    )
-    return f"<h3>{_esc(title)}</h3><div class=grid>{cells}</div>"
+) -> dict[str, Any]:
+    """An error grid: its title, (id, thumbnail data URI, probability) cells, and the text when it is empty."""
+    cells = []
+    if len(pos):
+        cells = [(str(ids[i]), _thumb(im), f"{p[i]:.3f}") for im, i in zip(images(pos), pos, strict=True)]
+    return {"title": title, "cells": cells, "empty": empty}
 
 
 def write_report(
@@ -265,63 +246,45 @@ def write_report(
         f" · threshold {m['threshold']:.4g} ({m.get('threshold_source') or 'unknown source'})"
         + (f" · trained with --limit-batches {config['limit_batches']}" if _limit_text(config) else "")
     )
-    plots = "".join(
-        f"<img src='{_b64_png(figures[k])}' alt='{k}'>"
-        for k in ("roc", "pr", "confusion", "calibration")
-        if k in figures
-    )
-    curves = (
-        f"<div class=wide><img src='{_b64_png(figures['curves'])}' alt='training curves'></div>"
-        if "curves" in figures
-        else "<p class=muted>No training curves (the run has no metrics.csv).</p>"
-    )
-    if "curves" in figures and mark:
-        curves += f"<p class=muted>Dashed line: the evaluated weights, epoch {mark[0]} ({_esc(mark[1])}).</p>"
-    data_name = Path(str(m.get("data", ""))).name
-    config_text = yaml.safe_dump(config, sort_keys=False) if config else "not available (bare checkpoint)"
-    body = [
-        f"<h1>histoscan evaluation: {_esc(m.get('model', ''))} on {_esc(data_name)}</h1>",
-        f"<p class=summary>{_esc(summary)}</p>",
-        *(f"<div class=note>{_esc(n)}</div>" for n in notes),
-        "<table>"
-        + "".join(
-            f"<tr><td>{k}</td><td style='text-align:left'>{_esc(v)}</td></tr>"
-            for k, v in head
-            if v is not None or k not in ("evaluated epoch", "trained with")
-        )
-        + "</table>",
-        "<h2>Metrics</h2>",
-        _metrics_table(m),
-        f"<h2>Curves</h2><div class=plots>{plots}</div>",
-        "<h2>Training curves</h2>",
-        curves,
-        "<h2>Data</h2>",
-        _counts_tables(y, p, groups, m["threshold"]),
-        "<h2>Most confident errors</h2>",
-        _grid(
-            "False positives (normal called tumour), highest probability first",
-            fp,
-            ids,
-            p,
-            images,
-            "No false positives at this threshold.",
-        ),
-        _grid(
-            "False negatives (tumour called normal), lowest probability first",
-            fn,
-            ids,
-            p,
-            images,
-            "No false negatives at this threshold.",
-        ),
-        "<h2>Run configuration</h2>",
-        f"<pre>{_esc(config_text)}</pre>",
-    ]
-    doc = (
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-        f"<title>histoscan evaluation — {_esc(m.get('model', ''))}</title><style>{CSS}</style></head><body>"
-        + "\n".join(body)
-        + "</body></html>"
+    n, n_pos = len(y), int(y.sum())
+    doc = render_html(
+        "evaluation_report.html.j2",
+        model=m.get("model", ""),
+        data_name=Path(str(m.get("data", ""))).name,
+        summary=summary,
+        notes=list(notes),
+        head=[(k, str(v)) for k, v in head if v is not None or k not in ("evaluated epoch", "trained with")],
+        metric_rows=_metric_rows(m),
+        ci_caption=_ci_caption(m),
+        threshold=f"{m['threshold']:.4g}",
+        confusion=m["confusion"],
+        plots=[(k, _b64_png(figures[k])) for k in ("roc", "pr", "confusion", "calibration") if k in figures],
+        curves=_b64_png(figures["curves"]) if "curves" in figures else None,
+        mark=mark,
+        classes=[
+            ("normal (0)", n - n_pos, f"{(n - n_pos) / n:.1%}"),
+            ("tumour (1)", n_pos, f"{n_pos / n:.1%}"),
+        ],
+        groups=_group_rows(y, p, groups, m["threshold"]),
+        grids=[
+            _grid(
+                "False positives (normal called tumour), highest probability first",
+                fp,
+                ids,
+                p,
+                images,
+                "No false positives at this threshold.",
+            ),
+            _grid(
+                "False negatives (tumour called normal), lowest probability first",
+                fn,
+                ids,
+                p,
+                images,
+                "No false negatives at this threshold.",
+            ),
+        ],
+        config_text=yaml.safe_dump(config, sort_keys=False) if config else "not available (bare checkpoint)",
     )
     path = out_dir / "report.html"
     path.write_text(doc, encoding="utf-8")

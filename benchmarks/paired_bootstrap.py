@@ -1,7 +1,9 @@
 """Paired comparison of two models scored on the same patches: differences with a paired bootstrap CI.
 
 Both models are resampled together (the same patients — or patches, when there are no groups — in every
-resample), so the interval reflects the difference itself, not two independent uncertainties.
+resample), so the interval reflects the difference itself, not two independent uncertainties. Benchmark code
+(compare_recipes.py, ensemble_gain.py, compare_external.py; tests/evaluation/test_compare.py), not part of the
+installed package.
 """
 
 from __future__ import annotations

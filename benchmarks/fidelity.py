@@ -1,4 +1,7 @@
-"""Saliency-map fidelity: the pointing game on tumour/normal composites and deletion/insertion curves."""
+"""Saliency-map fidelity: the pointing game on tumour/normal composites and deletion/insertion curves.
+
+Benchmark code (benchmarks/bench_gradcam.py; tests/explain/test_fidelity.py), not part of the installed package.
+"""
 
 from __future__ import annotations
 
