@@ -7,6 +7,7 @@ import html
 import io
 from pathlib import Path
 
+from histoscan.folders import CohortDir, SlideDir
 from histoscan.utils.fs import atomic_write_text
 
 COLUMNS = (
@@ -95,12 +96,16 @@ def write_index(out: Path, rows: list[dict], title: str, note: str) -> Path:
     for r in rows:
         sid = e(r["id"])
         if r["status"] == "ok":
+            f = SlideDir(sid)  # the slide's files, relative to index.html
+            thumb, overlay, summary, regions = (
+                p.as_posix() for p in (f.thumbnail, f.overlay, f.summary_path, f.regions)
+            )
             imgs = (
-                f'<div class="imgs"><a href="{sid}/thumbnail.jpg"><img src="{sid}/thumbnail.jpg" alt="slide" '
-                f'loading="lazy"></a><a href="{sid}/overlay.png"><img src="{sid}/overlay.png" '
+                f'<div class="imgs"><a href="{thumb}"><img src="{thumb}" alt="slide" '
+                f'loading="lazy"></a><a href="{overlay}"><img src="{overlay}" '
                 f'alt="overlay" loading="lazy"></a></div>'
             )
-            name = f'<a href="{sid}/summary.json">{sid}</a> · <a href="{sid}/regions.geojson">regions</a>'
+            name = f'<a href="{summary}">{sid}</a> · <a href="{regions}">regions</a>'
         else:
             imgs, name = "", sid
         cells = [
@@ -118,4 +123,4 @@ def write_index(out: Path, rows: list[dict], title: str, note: str) -> Path:
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
         f"<script>{_JS}</script></body></html>\n"
     )
-    return atomic_write_text(out / "index.html", page)
+    return atomic_write_text(CohortDir(out).index_path, page)
