@@ -204,3 +204,41 @@ def test_an_owner_module_may_spell_its_own_names_only(tmp_path: Path) -> None:
     assert not violations(run_module, names)
     foreign = {name: {tmp_path / "elsewhere.py"} for name in names}
     assert any("'config.yaml'" in v for v in violations(run_module, foreign))
+
+
+def test_owners_read_back_what_they_write(tmp_path: Path) -> None:
+    """The shared readers: an evaluation's predictions and metrics, a cv folder's fold runs in fold order, and
+    a run's training curves with 1-based epochs (an old 0-based file renumbered; no epoch column: by row)."""
+    import numpy as np
+
+    from histoscan.folders import CvDir, EvalDir, RunDir
+
+    ev = EvalDir(tmp_path / "eval")
+    assert not ev.complete()
+    ev.write_predictions(["a", "b"], ["p", ""], np.array([1, 0]), np.array([0.25, 0.5]), ["", "padded"])
+    ev.write_metrics({"auc": 0.75, "tta": 1})
+    assert ev.complete() and ev.read_metrics() == {"auc": 0.75, "tta": 1}
+    assert ev.read_predictions() == [
+        {"id": "a", "group": "p", "label": "1", "probability": "0.250000", "fitted": ""},
+        {"id": "b", "group": "", "label": "0", "probability": "0.500000", "fitted": "padded"},
+    ]
+
+    cv = CvDir(tmp_path / "cv")
+    for k in (10, 2, 0):
+        RunDir(cv.fold_path(k)).config_path.parent.mkdir(parents=True)
+        RunDir(cv.fold_path(k)).config_path.write_text("model: simple-cnn\n")
+    cv.fold_path(3).mkdir()  # no run in it
+    assert [p.name for p in cv.fold_runs()] == ["fold-0", "fold-2", "fold-10"]
+    assert CvDir(cv.fold_path(0)).fold_runs() == []  # a run folder is no cv folder
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    assert run.metric_columns() is None
+    run.metrics_path.write_text("epoch,val_auc\n0,0.6\n1,\n")
+    cols = run.metric_columns()
+    assert cols is not None
+    np.testing.assert_array_equal(cols["epoch"], [1, 2])
+    np.testing.assert_array_equal(cols["val_auc"], [0.6, np.nan])
+    run.metrics_path.write_text("val_auc\n0.6\n0.7\n0.8\n")
+    np.testing.assert_array_equal(run.metric_columns()["epoch"], [1, 2, 3])
+    assert RunDir.is_last_checkpoint(run.last_ckpt) and not RunDir.is_last_checkpoint(run.best_ckpt)
