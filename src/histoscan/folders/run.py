@@ -1,10 +1,12 @@
 """RunDir: the one owner of a run folder's layout. No other module spells a run's file names.
 
-A run folder holds config.yaml (TrainConfig), split.csv, data.json (training store, checksum, counts),
-metrics.csv (one row per epoch, numbered from 1 as the console and the report number them; runs written
-before that are 0-based and read back renumbered), calibration.json (the temperature fitted on the validation
-split; p = sigmoid(logit / T)), threshold.json (decision threshold chosen on the calibrated validation
-probabilities), checkpoints/{best,last}.ckpt and, after `histoscan export`, model.onnx. A new run is built in a hidden
+A run folder holds config.yaml (TrainConfig), split.csv (id,label,group,split; read and written here),
+data.json (training store, checksum, counts), metrics.csv (one row per epoch, numbered from 1 as the console
+and the report number them; runs written before that are 0-based and read back renumbered), calibration.json
+(the temperature fitted on the validation split; p = sigmoid(logit / T)), threshold.json (decision threshold
+chosen on the calibrated validation probabilities), checkpoints/{best,last}.ckpt, with --skip-bad skipped.csv,
+with --logger tensorboard / mlflow logs/ / mlruns/; other commands add model.onnx (`histoscan export`) and
+eval-<data name>/ (`histoscan evaluate`'s default output, an EvalDir). A new run is built in a hidden
 sibling folder (:meth:`RunDir.stage`) and moved into place by :meth:`RunDir.commit` once training has started,
 so a failed start leaves nothing behind; every file is written atomically (temp file + rename).
 """
