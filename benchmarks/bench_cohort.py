@@ -26,6 +26,8 @@ from pathlib import Path
 from _common import run_timed, shared_data
 from bench_slide import make_run
 
+from histoscan.folders import CohortDir
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -39,7 +41,7 @@ def make_cohort(work: Path, tiffs: int, size: int) -> Path:
             cmd = [sys.executable, str(HERE / "make_big_tiff.py"), str(path), "--size", str(size)]
             subprocess.run([*cmd, "--seed", str(k)], check=True, stdout=subprocess.DEVNULL)
         rows.append((path, ""))
-    out = work / "cohort.csv"
+    out = work / "slides.csv"  # the cohort's INPUT list
     with out.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "mpp"])
@@ -57,9 +59,10 @@ def run_case(run: Path, cohort: Path, out: Path, engine: str, workers: int, extr
     if out.exists():
         subprocess.run(["rm", "-rf", str(out)], check=True)
     wall, usage, _, _ = run_timed(cmd)
-    with (out / "cohort.csv").open(newline="") as f:
+    cohort = CohortDir(out)
+    with cohort.csv_path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    markers = [json.loads((out / r["id"] / ".done.json").read_text()) for r in rows]
+    markers = [json.loads(cohort.done_marker(r["id"]).read_text()) for r in rows]
     rss: dict[int, float] = {}
     busy: dict[int, float] = {}
     for m in markers:

@@ -64,7 +64,7 @@ def test_patches(run: Path, data: str, size: int) -> tuple[np.ndarray, np.ndarra
         store = resolve_store(data, image_size=size)
     rows = np.array([i for i, k in enumerate(store.ids) if split.get(k) == "test"])
     if not len(rows):
-        sys.exit(f"{run}: no test rows of {data} in split.csv")
+        sys.exit(f"{run}: no test rows of {data} in {RunDir.SPLIT}")
     return np.asarray(store.images[rows]), store.labels[rows].astype(int)
 
 

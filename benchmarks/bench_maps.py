@@ -29,6 +29,7 @@ import numpy as np
 from _common import run_timed, shared_data
 from make_mosaic import load_pools, make_mosaics, test_ids
 
+from histoscan.folders import SlideDir
 from histoscan.slide.scoring import score_map, truth_under_cells
 
 COLUMNS = (
@@ -55,7 +56,7 @@ def map_one(model: Path, slide: Path, out: Path, extra: list[str]) -> dict:
     exe = str(Path(sys.executable).with_name("histoscan"))
     cmd = [exe, "slide", str(model), str(slide), "--out", str(out), "--force", "--no-progress", *extra]
     wall, usage, _, _ = run_timed(cmd)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = SlideDir(out).read_summary()
     summary.update(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime)
     return summary
 
@@ -65,7 +66,7 @@ def score_one(slide: Path, out: Path, summary: dict) -> dict:
     stem = slide.with_suffix("")
     truth = np.load(f"{stem}.truth.npy")
     meta = json.loads(Path(f"{stem}.truth.json").read_text())
-    heat = np.load(out / "heatmap.npy")
+    heat = np.load(SlideDir(out).heatmap)
     cell0 = summary["cell_size_level0"]
     labels = truth_under_cells(truth, meta["cell_px"], meta["origin_px"], heat.shape, cell0)
     cell_mm2 = (cell0 * summary["slide_mpp"] / 1000) ** 2

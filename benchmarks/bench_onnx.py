@@ -25,6 +25,7 @@ import torch
 
 from histoscan.config import TrainConfig
 from histoscan.export.onnx import export_onnx
+from histoscan.folders import RunDir
 from histoscan.inference.onnx import OnnxPredictor
 from histoscan.inference.predictor import load_predictor
 from histoscan.models import create_model
@@ -36,13 +37,14 @@ def make_run(root: Path, model: str, size: int) -> Path:
     torch.manual_seed(0)
     root.mkdir(parents=True)
     cfg = TrainConfig(model=model, image_size=size, mpp=0.972)
-    cfg.save(root / "config.yaml")
+    run = RunDir(root)
+    run.write_config(cfg)
     net = PatchClassifier(create_model(model, dropout=cfg.dropout))
-    (root / "checkpoints").mkdir()
+    run.checkpoints.mkdir()
     hp = {"config": cfg.to_dict(), "image_size": size, "mpp": 0.972}
     state = {"classifier." + k: v for k, v in net.state_dict().items()}
-    torch.save({"hyper_parameters": hp, "state_dict": state}, root / "checkpoints" / "best.ckpt")
-    (root / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
+    torch.save({"hyper_parameters": hp, "state_dict": state}, run.best_ckpt)
+    run.write_threshold({"threshold": 0.5})
     return root
 
 

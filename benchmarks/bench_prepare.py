@@ -22,6 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from histoscan.folders import StoreDir
+
 PREFIX = "camelyonpatch_level_2_split_train"
 CHUNK = 4096
 # Peak RSS from VmHWM: ru_maxrss would carry over the parent's peak across fork+exec on Linux.
@@ -58,7 +60,7 @@ def generate(root: Path, n: int, seed: int = 0) -> None:
 
 def check_sample(root: Path, store: Path, n: int) -> None:
     """A few random rows of the store equal the HDF5 rows."""
-    images = np.load(store / "images.npy", mmap_mode="r")
+    images = np.load(StoreDir(store).images, mmap_mode="r")
     assert images.shape == (n, 96, 96, 3), images.shape
     with h5py.File(root / f"{PREFIX}_x.h5", "r") as f:
         for i in np.random.default_rng(1).integers(0, n, 16):

@@ -29,6 +29,7 @@ import torch
 from _common import shared_data
 
 from histoscan.config import TrainConfig
+from histoscan.folders import RunDir
 from histoscan.models import create_model
 from histoscan.models.classifier import PatchClassifier
 
@@ -37,17 +38,18 @@ def make_run(root: Path, model: str, size: int = 96) -> Path:
     """A run folder holding an untrained `model` (random weights are enough to measure speed)."""
     root.mkdir(parents=True)
     cfg = TrainConfig(model=model, image_size=size, mpp=0.972)
-    cfg.save(root / "config.yaml")
+    run = RunDir(root)
+    run.write_config(cfg)
     net = PatchClassifier(create_model(model)).eval()
-    (root / "checkpoints").mkdir()
+    run.checkpoints.mkdir()
     torch.save(
         {
             "hyper_parameters": {"config": cfg.to_dict(), "image_size": size, "mpp": 0.972},
             "state_dict": {"classifier." + k: v for k, v in net.state_dict().items()},
         },
-        root / "checkpoints" / "best.ckpt",
+        run.best_ckpt,
     )
-    (root / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
+    run.write_threshold({"threshold": 0.5})
     return root
 
 

@@ -21,6 +21,7 @@ import torch
 from _common import run_timed, shared_data
 
 from histoscan.config import TrainConfig
+from histoscan.folders import RunDir, SlideDir
 from histoscan.models import create_model
 from histoscan.models.classifier import PatchClassifier
 
@@ -29,14 +30,14 @@ SLIDE_MPP = {"tcga-cr-7395-01a-01-ts1.svs": 0.5}  # slides without µm/px metada
 
 def make_run(root: Path, model: str, size: int = 96) -> Path:
     """An untrained run folder for `model` (no patch µm/px recorded: the bench passes --model-mpp)."""
-    run = root / model
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    run = RunDir(root / model)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(model=model, image_size=size)
-    cfg.save(run / "config.yaml")
+    run.write_config(cfg)
     state = {"classifier." + k: v for k, v in PatchClassifier(create_model(model)).state_dict().items()}
     hp = {"config": cfg.to_dict(), "image_size": size, "mpp": None}
-    torch.save({"hyper_parameters": hp, "state_dict": state}, run / "checkpoints" / "best.ckpt")
-    return run
+    torch.save({"hyper_parameters": hp, "state_dict": state}, run.best_ckpt)
+    return run.path
 
 
 def run_case(run: Path, slide: Path, model_mpp: float, out: Path, extra: list[str]) -> dict:
@@ -47,7 +48,7 @@ def run_case(run: Path, slide: Path, model_mpp: float, out: Path, extra: list[st
     if slide.name in SLIDE_MPP:
         cmd += ["--mpp", str(SLIDE_MPP[slide.name])]
     wall, usage, _, _ = run_timed(cmd)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = SlideDir(out).read_summary()
     return {
         "slide": slide.name,
         "size": summary["dimensions"],

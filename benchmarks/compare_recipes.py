@@ -34,6 +34,7 @@ from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.splits import make_folds
 from histoscan.data.store import resolve_store
 from histoscan.evaluation.metrics import compute_metrics, select_threshold
+from histoscan.folders import CvDir
 from histoscan.training.crossval import crossval
 
 RECIPES: dict[str, dict[str, object]] = {
@@ -94,10 +95,7 @@ def floor_cv(data: str, out: Path, folds: int, seed: int) -> list[dict[str, str]
             rows.append({"id": store.ids[i], "group": store.groups[i], "label": str(y[i]), "probability": f"{q:.6f}",
                          "fold": str(k), "decision": str(int(q >= threshold))})  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "predictions.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    CvDir(out).write_predictions(rows)  # laid out as `histoscan cv` lays out its pooled predictions
     return rows
 
 
@@ -242,7 +240,7 @@ def main() -> int:
                 echo=lambda line: print(line, flush=True),
                 use_folds=use_folds,
             )
-            rows = read_rows(out / name / "predictions.csv")
+            rows = read_rows(CvDir(out / name).predictions_path)
             minutes = sum(f["seconds"] for f in cv["per_fold"]) / 60  # kept folds' time counts too
         results[name] = {"summary": summarise(rows), "minutes": minutes, "rows": rows}
         if use_folds is not None:

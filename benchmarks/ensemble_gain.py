@@ -28,6 +28,7 @@ from paired_bootstrap import paired_bootstrap
 from histoscan.data.detect import detect_source
 from histoscan.data.splits import make_folds
 from histoscan.evaluation.evaluate import evaluate
+from histoscan.folders import EvalDir
 from histoscan.training.crossval import crossval
 from histoscan.training.train import train
 
@@ -91,8 +92,8 @@ def main() -> int:
              resume=True, echo=lambda line: print(line, flush=True))  # fmt: skip
     ens_eval = evaluate(out / "cv", outer, out=out / "cv-eval", tta=args.tta, force=True)
     t2 = time.perf_counter()
-    a = read_predictions(out / "cv-eval" / "predictions.csv", float(ens_eval["threshold"]))
-    b = read_predictions(out / "single-eval" / "predictions.csv", float(single_eval["threshold"]))
+    a = read_predictions(EvalDir(out / "cv-eval").predictions_path, float(ens_eval["threshold"]))
+    b = read_predictions(EvalDir(out / "single-eval").predictions_path, float(single_eval["threshold"]))
     if set(a) != set(b):
         raise SystemExit(f"the two evaluations scored different patches ({len(a)} vs {len(b)})")
     ids = sorted(a)

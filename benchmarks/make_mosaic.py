@@ -22,6 +22,8 @@ import tifffile
 from _common import shared_data
 from truth_mosaic import mosaic_layout, paint_mosaic, save_mosaic
 
+from histoscan.folders import RunDir
+
 
 def hcd_labels(data: Path) -> dict[str, int]:
     """id -> label of an hcd-train folder (train_labels.csv)."""
@@ -31,8 +33,7 @@ def hcd_labels(data: Path) -> dict[str, int]:
 
 def test_ids(run: Path) -> list[str]:
     """Ids RUN/split.csv marks "test" (held out from that model's training and threshold choice)."""
-    with (run / "split.csv").open(newline="") as f:
-        return [r["id"] for r in csv.DictReader(f) if r["split"] == "test"]
+    return [i for i, part in RunDir(run).read_split().items() if part == "test"]
 
 
 def load_pools(data: Path, ids: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:

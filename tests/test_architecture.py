@@ -1,7 +1,7 @@
 """The layering of histoscan's subpackages, checked by import-linter (`[tool.importlinter]` in pyproject.toml).
 
 Top to bottom: cli; serve | bench; training; slide | export; evaluation | explain; inference; run;
-models | data; stain; config; utils; errors. A module may import from the layers below it, never from those
+models | data; stain; folders; config; utils; errors. A module may import from the layers below it, never from those
 above, and `|` siblings not from each other.
 """
 

@@ -14,10 +14,9 @@ from histoscan.data.splits import (
     check_grouping,
     make_folds,
     make_split,
-    read_split,
-    write_split,
 )
 from histoscan.errors import HistoscanInputError
+from histoscan.folders.run import read_split, write_split
 
 
 @pytest.fixture(scope="module")

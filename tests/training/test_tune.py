@@ -321,6 +321,7 @@ def test_a_record_without_a_newer_option_means_its_default(store: PatchStore, fo
 
 def test_parameter_importance_table_and_plot(tmp_path: Path) -> None:
     optuna = pytest.importorskip("optuna")
+    from histoscan.folders import TuneDir
     from histoscan.training.tune import _write_importance
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -328,7 +329,7 @@ def test_parameter_importance_table_and_plot(tmp_path: Path) -> None:
     # the objective depends on lr alone: fANOVA must give lr nearly all of the variance
     study.optimize(lambda t: -abs(np.log10(t.suggest_float("lr", 1e-5, 1e-2, log=True)) + 3)
                    + 0 * t.suggest_float("dropout", 0.0, 0.7), n_trials=30)  # fmt: skip
-    _write_importance(study, tmp_path, optuna)
+    _write_importance(study, TuneDir(tmp_path), optuna)
     with (tmp_path / "importance.csv").open(newline="") as f:
         rows = {r["param"]: float(r["importance"]) for r in csv.DictReader(f)}
     assert (
@@ -341,5 +342,5 @@ def test_parameter_importance_table_and_plot(tmp_path: Path) -> None:
     one.mkdir()
     single = optuna.create_study()
     single.optimize(lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
-    _write_importance(single, one, optuna)  # one trial: nothing to apportion, nothing written
+    _write_importance(single, TuneDir(one), optuna)  # one trial: nothing to apportion, nothing written
     assert not (one / "importance.csv").exists()

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from histoscan.config import TrainConfig
 
-FINAL_CONFIG = "final-config.yaml"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `cv` subcommand (train's options, --tta among them, plus --folds)."""
@@ -64,9 +62,12 @@ def run(args: argparse.Namespace) -> int:
     for k in ("auc", "balanced_accuracy", "f1"):
         lo, hi = ci[k] if ci.get(k) else (float("nan"), float("nan"))
         print(f"  {k:18s} {m[k]:.3f}  [{lo:.3f}, {hi:.3f}]")
+    from histoscan.folders import CvDir
+
     out = Path(config.out)
     final = final_config(config, out)
-    print(f"wrote {out}/cv.json, {out}/predictions.csv and {final}")
+    cv = CvDir(out)
+    print(f"wrote {cv.summary_path}, {cv.predictions_path} and {final}")
     command = ["histoscan", "train", "--config", str(final), "--data", config.data, "--out", f"{out}-final"]
     print(f"next: {shlex.join(command)}  # the same options, on all the data")
     return 0
@@ -81,7 +82,9 @@ def _fold_echo(line: str) -> None:
 def final_config(config: TrainConfig, out: Path) -> Path:
     """Write OUT/final-config.yaml: the cross-validated options for `histoscan train --config` (no fold, no
     run folder, and no --limit-batches cap: a smoke-run cap is no part of the configuration to train with)."""
-    path = out / FINAL_CONFIG
+    from histoscan.folders import CvDir
+
+    path = CvDir(out).final_config_path
     dataclasses.replace(config, out="", folds=None, fold=None, limit_batches=None).save(path)
     return path
 

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from histoscan.evaluation.evaluate import (
         evaluate,
     )  # lazy: `histoscan --help` stays fast (torch, matplotlib)
+    from histoscan.folders import EvalDir
 
     m = evaluate(
         args.run,
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         f"sensitivity {fmt('recall')}  specificity {fmt('specificity')}  PR AUC {fmt('pr_auc')}  "
         f"Brier {fmt('brier')}  ECE {fmt('ece')}"
     )
-    print(f"report: {m['out']}/report.html")
+    print(f"report: {EvalDir(m['out']).report_path}")
     print(
         f"next: histoscan predict {args.run} --data NEW_DATA --out predictions.csv  # threshold {m['threshold']:.3g}"
     )

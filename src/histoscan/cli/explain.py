@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     """Explain the images into --out (all or nothing) and print where the overlays went."""
     from histoscan.data.images import collect_images
     from histoscan.explain.gradcam import explain_files
+    from histoscan.folders import ExplainDir
 
     paths, predictor, warnings = explain_files(
         args.model, collect_images(args.images), args.out, args.target_layer, args.device, args.force
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     for line in warnings:
         print(f"warning: {line}")
     print(
-        f"explained {len(paths)} image(s) with {predictor.card.model}; overlays, probabilities.csv in {args.out}"
+        f"explained {len(paths)} image(s) with {predictor.card.model}; overlays, {ExplainDir.PROBABILITIES} "
+        f"in {args.out}"
     )
     return 0

@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def summary(store: PatchStore) -> str:
     """A few lines describing a prepared store."""
+    from histoscan.folders import StoreDir
+
     m = store.meta
     counts = ", ".join(f"{k}: {v}" for k, v in m.get("counts", {}).items())
     gb = store.images.nbytes / 1e9
@@ -64,11 +66,13 @@ def summary(store: PatchStore) -> str:
     if m.get("n_fitted"):
         lines.append(
             f"  fitted {m['n_fitted']} image(s) of another size to {store.size}x{store.size} (--fit {m.get('fit')}); "
-            "listed in fitted.csv"
+            f"listed in {StoreDir.FITTED}"
         )
     if m.get("n_skipped"):
         first = m["skipped"][0]
-        lines.append(f"  skipped {m['n_skipped']} unreadable (first: {first['reason']}); listed in skipped.csv")
+        lines.append(
+            f"  skipped {m['n_skipped']} unreadable (first: {first['reason']}); listed in {StoreDir.SKIPPED}"
+        )
     return "\n".join(lines)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from histoscan.folders import SlideDir
 from histoscan.ranges import field_option
-from histoscan.slide.tiles import OUTPUTS, SlideOptions  # light: numpy and PIL, no torch or scipy
+from histoscan.slide.tiles import SlideOptions  # light: numpy and PIL, no torch or scipy
 
 _D = SlideOptions()
 
@@ -144,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {line}")
     for note in s["notes"]:
         print(f"note: {note}")
-    print(f"wrote {', '.join(OUTPUTS)} to {args.out}")
-    print(
-        f"next: open {Path(args.out) / 'overlay.png'}, or import {Path(args.out) / 'regions.geojson'} into QuPath"
-    )
+    out = SlideDir(args.out)
+    print(f"wrote {', '.join(SlideDir.OUTPUTS)} to {args.out}")
+    print(f"next: open {out.overlay}, or import {out.regions} into QuPath")
     return 0

@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Map the cohort; one line per slide, a summary line, exit 3 when any slide failed."""
     from histoscan.errors import HistoscanInputError
+    from histoscan.folders import CohortDir, SlideDir
     from histoscan.slide.cohort import run_cohort
 
     opts = slide_options(args)
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             skipped.append(row["id"])
         elif row["status"] == "ok":
             n = len(row.get("warnings") or [])
-            warn = f"; {n} warning{'s' if n > 1 else ''} in {row['id']}/summary.json" if n else ""
+            warn = f"; {n} warning{'s' if n > 1 else ''} in {SlideDir(row['id']).summary_path}" if n else ""
             print(
                 f"{row['id']}: ok, tumour {row['tumour_mm2']:.3f} mm², {row['seconds']:.1f} s{warn}",
                 flush=True,
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and args.engine == "local",
         on_result=show,
     )
+    cohort = CohortDir(args.out)
     if skipped:
         print(f"{len(skipped)} slides already done with {r.model_id}: skipped (--force redoes them)")
     rate = (
@@ -119,11 +121,11 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{len(r.rows)} slides: {r.n_ok} ok, {r.n_failed} failed ({r.mapped} mapped by this run, {r.skipped} "
         f"skipped) in {r.seconds:.1f} s on {r.workers} {r.engine} worker{'s' if r.workers > 1 else ''}"
-        f"{rate}; wrote {args.out / 'cohort.csv'} and {args.out / 'index.html'}"
+        f"{rate}; wrote {cohort.csv_path} and {cohort.index_path}"
     )
     if r.n_failed:
         print(
-            f"histoscan slides: {r.n_failed} of {len(r.rows)} slides failed (see {args.out / 'cohort.csv'}); "
+            f"histoscan slides: {r.n_failed} of {len(r.rows)} slides failed (see {cohort.csv_path}); "
             "rerun the same command to retry them",
             file=sys.stderr,
         )

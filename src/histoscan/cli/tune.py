@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Run (or continue) the study; one line per trial, then the best configuration."""
     from histoscan.cli.cv import parse_folds
     from histoscan.cli.train import config_from_args
+    from histoscan.folders import TuneDir
     from histoscan.training.tune import tune
 
     use_folds = parse_folds(args.use_folds)
@@ -66,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
         echo=lambda line: print(line, flush=True),
     )
     if r["best_value"] is None:
-        print(f"no trial completed; see {r['out']}/trials.csv")
+        print(f"no trial completed; see {TuneDir(r['out']).trials_csv}")
         return 0
     shown = ", ".join(f"{k}={v}" for k, v in r["best_params"].items())
     capped = (
         f" (trials ran with --limit-batches {r['limit_batches']}: a smoke run)" if r["limit_batches"] else ""
     )
     print(f"best: mean AUC {r['best_value']:.4f} with {shown}{capped}")
-    print(f"wrote {r['out']}/trials.csv and {r['best_config']}")
+    print(f"wrote {TuneDir(r['out']).trials_csv} and {r['best_config']}")
     print(f"next: histoscan train --config {r['best_config']} --data {args.data} --out runs/tuned")
     return 0

@@ -17,6 +17,7 @@ from histoscan.data.sources import (
     read_manifest,
 )
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import StoreDir
 
 
 def detect_source(path: str | Path, part: Part = "auto") -> Source:
@@ -75,7 +76,7 @@ def _detect_file(p: Path, part: Part) -> Source:
         return PCamSource.from_file(p, part)
     if name.endswith(".csv"):
         return read_manifest(p, part)
-    if p.name in ("meta.json", "index.csv", "images.npy") and is_store(p.parent):
+    if p.name in StoreDir.FILES and is_store(p.parent):
         return StoreSource(p.parent, part)
     if is_image_file(p):
         return read_image_file(p, part)

@@ -15,20 +15,20 @@ import numpy as np
 from histoscan.data.base import Batch, Part, Source
 from histoscan.data.images import Fit, fit_image, fit_kind, fit_note
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import StoreDir
 
 STORE_VERSION = 1
-FILES = ("meta.json", "index.csv", "images.npy")
 INDEX_COLUMNS = ["id", "label", "group", "source", "split"]
-# optional files (stores written before them lack them): every patch fitted to the store's size, every file
-# skipped as unreadable (--skip-bad); meta.json counts both
-FITTED, FITTED_COLUMNS = "fitted.csv", ["row", "id", "fitted"]
-SKIPPED, SKIPPED_COLUMNS = "skipped.csv", ["path", "reason"]
+# optional files (stores written before them lack them; file names: StoreDir): every patch fitted to the
+# store's size, every file skipped as unreadable (--skip-bad); meta.json counts both
+FITTED_COLUMNS = ["row", "id", "fitted"]
+SKIPPED_COLUMNS = ["path", "reason"]
 FIT_KINDS = frozenset({"padded", "cropped", "resized", "padded+cropped"})
 
 
 def is_store(path: Path) -> bool:
     """Whether `path` is a prepared store folder (meta.json + index.csv + images.npy)."""
-    return path.is_dir() and all((path / f).is_file() for f in FILES)
+    return StoreDir.is_store(path)
 
 
 class PatchStore:
@@ -52,23 +52,24 @@ class PatchStore:
     def open(cls, root: str | Path) -> PatchStore:
         """Open STORE (raises HistoscanInputError when it is missing, incomplete or inconsistent)."""
         root = Path(root).expanduser()
+        folder = StoreDir(root)
         if not is_store(root):
-            missing = [f for f in FILES if not (root / f).is_file()]
-            raise HistoscanInputError(f"{root}: not a prepared store (missing {', '.join(missing)})")
+            raise HistoscanInputError(f"{root}: not a prepared store (missing {', '.join(folder.missing())})")
         try:
-            meta = json.loads((root / "meta.json").read_text())
-            images = np.load(root / "images.npy", mmap_mode="r")
+            meta = json.loads(folder.meta.read_text())
+            images = np.load(folder.images, mmap_mode="r")
         except (OSError, ValueError) as e:
             raise HistoscanInputError(f"{root}: damaged store ({e})") from None
-        with open(root / "index.csv", newline="", encoding="utf-8") as f:
+        with open(folder.index, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             header = next(reader, [])
             if header != INDEX_COLUMNS:
-                raise HistoscanInputError(f"{root / 'index.csv'}: header {header}, expected {INDEX_COLUMNS}")
+                raise HistoscanInputError(f"{folder.index}: header {header}, expected {INDEX_COLUMNS}")
             rows = list(reader)
         if len(rows) != len(images) or images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
             raise HistoscanInputError(
-                f"{root}: index.csv has {len(rows)} rows but images.npy is {images.shape} {images.dtype}"
+                f"{root}: {StoreDir.INDEX} has {len(rows)} rows but {StoreDir.IMAGES} is {images.shape} "
+                f"{images.dtype}"
             )
         cols = list(zip(*rows, strict=True)) if rows else [()] * 5
         labels = np.array([int(v) if v not in ("", "-1") else -1 for v in cols[1]], dtype=np.int8)
@@ -81,7 +82,7 @@ class PatchStore:
     def fitted(self) -> list[str] | None:
         """Per row, how its image was fitted to the store's size (e.g. "padded 50x42 -> 50x50"; "" when it had
         the size); None when unknown: a store from before fitted.csv whose meta.json counts fitted images."""
-        path = self.path / FITTED
+        path = StoreDir(self.path).fitted
         if not path.is_file():
             notes = self.meta.get("notes") or {}
             return None if any(k in FIT_KINDS for k in notes) else [""] * len(self)
@@ -94,7 +95,7 @@ class PatchStore:
     def skipped_files(self) -> list[dict[str, str]]:
         """Every file skipped as unreadable (--skip-bad) as {"path", "reason"} (from skipped.csv, else the
         first ones meta.json lists)."""
-        path = self.path / SKIPPED
+        path = StoreDir(self.path).skipped
         if path.is_file():
             with open(path, newline="", encoding="utf-8") as f:
                 return [{"path": r["path"], "reason": r["reason"]} for r in csv.DictReader(f)]
@@ -159,7 +160,7 @@ class StoreSource(Source):
         return self.store.has_labels
 
     def inputs(self) -> list[Path]:
-        return [self.path / f for f in FILES]
+        return StoreDir(self.path).files()
 
     def batches(self, size: int, fit: Fit, skip_bad: bool, batch_size: int = 4096) -> Iterator[Batch]:
         s = self.store

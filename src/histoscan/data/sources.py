@@ -15,6 +15,7 @@ import numpy as np
 from histoscan.data.base import PCAM_MPP, Batch, Item, Part, Source, parse_label
 from histoscan.data.images import Fit, image_size, list_images, load_patch
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import StoreDir
 
 IDC_MPP = 4.0  # IDC breast patches (Janowczyk & Madabhushi 2016): 2.5x, ~4 µm/px
 _IDC_NAME = re.compile(r"^\d+_idx5_x\d+_y\d+_class[01]\.png$")
@@ -174,7 +175,7 @@ def _subdirs(p: Path) -> list[Path]:
     return sorted(
         d
         for d in p.iterdir()
-        if d.is_dir() and not d.name.startswith((".", "_")) and not (d / "images.npy").is_file()
+        if d.is_dir() and not d.name.startswith((".", "_")) and not StoreDir(d).images.is_file()
     )
 
 

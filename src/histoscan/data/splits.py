@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -105,22 +103,6 @@ def check_grouping(split: np.ndarray, groups: Sequence[str] | None) -> None:
     for g, s in zip(groups, split, strict=True):
         if g and seen.setdefault(g, s) != s:
             raise AssertionError(f"group {g} is in both {seen[g]} and {s}")
-
-
-def write_split(
-    path: Path, ids: Sequence[str], labels: np.ndarray, groups: Sequence[str], split: np.ndarray
-) -> None:
-    """Write RUN/split.csv (id,label,group,split)."""
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label", "group", "split"])
-        w.writerows(zip(ids, (int(v) for v in labels), groups, split, strict=True))
-
-
-def read_split(path: Path) -> dict[str, str]:
-    """id -> split from RUN/split.csv."""
-    with path.open(newline="") as f:
-        return {row["id"]: row["split"] for row in csv.DictReader(f)}
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:

@@ -27,10 +27,8 @@ from histoscan.data.base import Part, Source, fingerprint
 from histoscan.data.detect import detect_source
 from histoscan.data.images import Fit
 from histoscan.data.patchstore import (
-    FITTED,
     FITTED_COLUMNS,
     INDEX_COLUMNS,
-    SKIPPED,
     SKIPPED_COLUMNS,
     STORE_VERSION,
     PatchStore,
@@ -38,6 +36,7 @@ from histoscan.data.patchstore import (
     require_labelled,
 )
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import RunDir, StoreDir
 from histoscan.utils.fs import atomic_path, guard_output, replace_folder
 from histoscan.utils.paths import cache_dir as default_cache_dir
 
@@ -82,7 +81,7 @@ def _checksum(src: Source, image_size: int | None, fit: str, skip_bad: bool) -> 
 
 def _check_out(out: Path, force: bool) -> None:
     """A store may replace only a store (with `force`): other data in `out` is never overwritten."""
-    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+    if out.is_dir() and any(out.iterdir()) and not StoreDir(out).meta.is_file():
         raise HistoscanInputError(f"{out}: exists and is not a histoscan store; refusing to overwrite it")
     guard_output(out, force, "folder", "--out")
 
@@ -124,11 +123,10 @@ def _pack(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    folder = StoreDir(tmp)
     try:
         n_max = len(src)
-        mm = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n_max, size, size, 3)
-        )
+        mm = np.lib.format.open_memmap(folder.images, mode="w+", dtype=np.uint8, shape=(n_max, size, size, 3))
         offset, row_bytes = mm.offset, size * size * 3
         del mm  # rows are written through a plain file handle so no mapped pages accumulate in RSS
         n, labels, groups, splits = 0, Counter(), set(), Counter()
@@ -136,10 +134,10 @@ def _pack(
         skipped: list[dict[str, str]] = []
         n_skipped = n_fitted = 0
         with (
-            open(tmp / "images.npy", "r+b") as fimg,
-            open(tmp / "index.csv", "w", newline="") as fidx,
-            open(tmp / FITTED, "w", newline="") as ffit,
-            open(tmp / SKIPPED, "w", newline="") as fskip,
+            open(folder.images, "r+b") as fimg,
+            open(folder.index, "w", newline="") as fidx,
+            open(folder.fitted, "w", newline="") as ffit,
+            open(folder.skipped, "w", newline="") as fskip,
             tqdm(
                 total=n_max, unit="img", desc="prepare", file=sys.stderr, mininterval=0.5, disable=None
             ) as bar,
@@ -168,7 +166,7 @@ def _pack(
         if n == 0:
             raise HistoscanInputError(f"{src.path}: no readable images ({n_skipped} skipped)")
         if n < n_max:
-            _shrink_npy(tmp / "images.npy", n)
+            _shrink_npy(folder.images, n)
         groups.discard("")
         splits.pop("", None)
         meta = {
@@ -192,8 +190,8 @@ def _pack(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 2),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for name, text in (extra or {}).items():
+        folder.write_meta(meta)
+        for name, text in (extra or {}).items():  # files the source adds (e.g. tiles' manifest.csv)
             (tmp / name).write_text(text)
         replace_folder(tmp, out)
     except BaseException:
@@ -296,12 +294,12 @@ def write_skipped(store: PatchStore, folder: str | Path, shown: str | Path | Non
     if not n:
         return None
     rows = store.skipped_files()
-    path = Path(folder) / SKIPPED
+    path = RunDir(folder).skipped_path
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(SKIPPED_COLUMNS)
         w.writerows((r["path"], r["reason"]) for r in rows)
     listed = "" if len(rows) == n else f" (the first {len(rows)}; the store predates full lists)"
     first = f", e.g. {rows[0]['reason']}" if rows else ""
-    where = Path(shown if shown is not None else folder) / SKIPPED
+    where = RunDir(shown if shown is not None else folder).skipped_path
     return f"skipped {n} unreadable image(s) (--skip-bad){first}; listed in {where}{listed}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +14,13 @@ from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.calibration import calibration_report
 from histoscan.evaluation.metrics import choose_run_threshold, compute_metrics
 from histoscan.evaluation.report import write_figures, write_report
+from histoscan.folders import EvalDir
 from histoscan.inference.domain import domain_warnings
 from histoscan.inference.predict import fitted_column, fitted_summary, skipped_files, store_for_model
 from histoscan.inference.predictor import BackendName, Predictor, load_predictor
 from histoscan.inference.tta import infer, n_views, run_tta
 from histoscan.run import RunDir
-from histoscan.utils.fs import atomic_path, atomic_write_json, staged_folder
+from histoscan.utils.fs import staged_folder
 from histoscan.utils.numeric import sigmoid
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def rows_to_evaluate(store: PatchStore, runs: RunDir | list[RunDir] | None) -> t
         where = (
             f"{seen[0].split_path} has no test rows"
             if len(seen) == 1
-            else f"the {len(seen)} members' split.csv files hold out no common test rows"
+            else f"the {len(seen)} members' {RunDir.SPLIT} files hold out no common test rows"
         )
         raise HistoscanInputError(
             f"--data {store.path}: is the model's training data and {where}; "
@@ -72,7 +72,7 @@ def validation_threshold(
     info = run.read_data() if run is not None else {}
     if not info.get("store"):
         raise HistoscanInputError(
-            "--target-sensitivity: needs a run folder with data.json (its validation split)"
+            f"--target-sensitivity: needs a run folder with {RunDir.DATA} (its validation split)"
         )
     store = PatchStore.open(info["store"])  # raises naming the folder when it is gone
     split = run.read_split()
@@ -81,19 +81,6 @@ def validation_threshold(
         raise HistoscanInputError(f"--target-sensitivity: {run.split_path} has no validation rows")
     probs = sigmoid(infer(predictor, store.images, rows, tta, batch_size, desc="validation"))
     return choose_run_threshold(store.labels[rows], probs, target_sensitivity)
-
-
-def _write_predictions(
-    path: Path, ids: list[str], groups: list[str], y: np.ndarray, p: np.ndarray, fitted: list[str]
-) -> None:
-    """predictions.csv: id,group,label,probability,fitted (how the image was fitted to the model's size)."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "group", "label", "probability", "fitted"])
-        w.writerows(
-            (i, g, int(lab), f"{q:.6f}", fit)
-            for i, g, lab, q, fit in zip(ids, groups, y, p, fitted, strict=True)
-        )
 
 
 def default_out_dir(predictor: Predictor, data: str | Path) -> Path:
@@ -189,7 +176,7 @@ def _evaluate_into(
         threshold = chosen["threshold"]
         source = f"validation split at target sensitivity {target_sensitivity} ({chosen['method']})"
     elif source.startswith("default"):
-        notes.append("The run has no threshold.json: the default threshold 0.5 is used.")
+        notes.append(f"The run has no {RunDir.THRESHOLD}: the default threshold 0.5 is used.")
     if echo is not None:
         echo(
             f"evaluate: {card.describe()} on {data}: {len(rows)} patches ({int(y.sum())} tumour; {subset}), "
@@ -239,8 +226,9 @@ def _evaluate_into(
         warnings=warnings,
         colour_distance=colour_distance,
     )
-    _write_predictions(out_dir / "predictions.csv", ids, groups, y, probs, fitted)
-    atomic_write_json(out_dir / "metrics.json", m)
+    folder = EvalDir(out_dir)
+    folder.write_predictions(ids, groups, y, probs, fitted)
+    folder.write_metrics(m)
     p_before = sigmoid(logits * temperature) if temperature != 1.0 else None
     figures = write_figures(out_dir, y, probs, m, run, p_before)
     config = card.config.to_dict() if card.config is not None else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -123,31 +122,13 @@ def plot_calibration(
     return _save(fig, path)
 
 
-def read_training_curves(path: Path) -> dict[str, np.ndarray] | None:
-    """Columns of RUN/metrics.csv as float arrays (blank cells NaN), or None when absent or empty."""
-    if not path.is_file():
-        return None
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return None
-
-    def num(v: str | None) -> float:
-        try:
-            return float(v) if v not in (None, "") else np.nan
-        except ValueError:
-            return np.nan
-
-    return {k: np.array([num(r.get(k)) for r in rows]) for k in rows[0]}
-
-
 def evaluated_epoch(
     curves: dict[str, np.ndarray], monitor: str = "val_auc", last: bool = False
 ) -> tuple[int, str] | None:
     """The epoch whose weights were evaluated and why: the best row of `monitor` (as best.ckpt keeps it).
 
     Args:
-        curves: columns of RUN/metrics.csv (see `read_training_curves`).
+        curves: columns of RUN/metrics.csv (see `RunDir.metric_columns`).
         monitor: "val_auc" (highest wins) or "val_loss" (lowest wins), the run's `monitor`.
         last: the evaluated weights are last.ckpt: the last row.
 

@@ -26,9 +26,8 @@ from histoscan.evaluation.plots import (
     plot_curves,
     plot_pr,
     plot_roc,
-    read_training_curves,
 )
-from histoscan.run import RunDir, epoch_offset
+from histoscan.folders import EvalDir, RunDir
 from histoscan.utils.html import render_html
 
 GRID = 16  # thumbnails per error grid
@@ -57,14 +56,9 @@ def _thumb(img: np.ndarray) -> str:
 
 
 def training_curves(run: RunDir) -> dict[str, np.ndarray] | None:
-    """RUN/metrics.csv as columns with 1-based epochs (as training prints them; an older run's 0-based file
-    renumbered, a file without an epoch column numbered by row); None when absent or empty."""
-    curves = read_training_curves(run.metrics_path)
-    if curves:
-        epoch = curves.get("epoch")
-        n = len(next(iter(curves.values())))
-        curves["epoch"] = np.arange(1, n + 1) if epoch is None else epoch + epoch_offset(epoch[0])
-    return curves
+    """RUN/metrics.csv as columns with 1-based epochs (as training prints them; see `RunDir.metric_columns`);
+    None when absent or empty."""
+    return run.metric_columns()
 
 
 def evaluated_mark(
@@ -81,10 +75,7 @@ def evaluated_mark(
         monitor = run.read_config().monitor
     except HistoscanInputError:  # no or unreadable config.yaml: the default monitor when it was logged
         monitor = "val_auc" if np.isfinite(curves.get("val_auc", np.array([np.nan]))).any() else "val_loss"
-    last = (
-        checkpoint is not None and Path(checkpoint).stem == RunDir.LAST and Path(checkpoint).suffix == ".ckpt"
-    )
-    return evaluated_epoch(curves, monitor, last)
+    return evaluated_epoch(curves, monitor, RunDir.is_last_checkpoint(checkpoint))
 
 
 def write_figures(
@@ -98,16 +89,17 @@ def write_figures(
     """Write roc.png, pr.png, confusion.png, calibration.png (with `p_before`, the uncalibrated probabilities,
     drawn too) and (with RUN/metrics.csv) curves.png, the evaluated epoch marked on the curves (see
     `evaluated_mark`; m["checkpoint"] names the weights)."""
+    folder = EvalDir(out_dir)
     figs = {
-        "roc": plot_roc(y, p, m, out_dir / "roc.png"),
-        "pr": plot_pr(y, p, m, out_dir / "pr.png"),
-        "confusion": plot_confusion(m, out_dir / "confusion.png"),
-        "calibration": plot_calibration(y, p, m, out_dir / "calibration.png", p_before),
+        "roc": plot_roc(y, p, m, folder.figure("roc")),
+        "pr": plot_pr(y, p, m, folder.figure("pr")),
+        "confusion": plot_confusion(m, folder.figure("confusion")),
+        "calibration": plot_calibration(y, p, m, folder.figure("calibration"), p_before),
     }
     curves = training_curves(run) if run is not None else None
     if curves:
         mark = evaluated_mark(run, m.get("checkpoint"), curves)
-        figs["curves"] = plot_curves(curves, out_dir / "curves.png", mark)
+        figs["curves"] = plot_curves(curves, folder.figure("curves"), mark)
     return figs
 
 
@@ -285,7 +277,8 @@ def write_report(
             ),
         ],
         config_text=yaml.safe_dump(config, sort_keys=False) if config else "not available (bare checkpoint)",
+        metrics_name=RunDir.METRICS,
     )
-    path = out_dir / "report.html"
+    path = EvalDir(out_dir).report_path
     path.write_text(doc, encoding="utf-8")
     return path

@@ -13,6 +13,7 @@ from torch import nn
 from histoscan.errors import HistoscanInputError
 from histoscan.explain.cam import NO_EVIDENCE_NOTE, cam_maps, check_target_layer, resolve_method
 from histoscan.explain.render import render_overlay
+from histoscan.folders import ExplainDir
 from histoscan.inference.predictor import Predictor, TorchPredictor
 from histoscan.models import target_layer_name
 from histoscan.models.classifier import PatchClassifier
@@ -110,13 +111,13 @@ def explain_images(
     res = cam_maps(predictor.classifier, images, layer, threshold, batch_size, method)
     maps, probs = res.maps, res.probabilities
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ExplainDir(out_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
     paths = []
     for img, cam, p, i, name, lines, flat in zip(
         images, maps, probs, ids, names, notes, res.flat, strict=True
     ):
-        path = out / f"{name}_gradcam.png"
+        path = out.overlay(name)
         caption = [
             *([NO_EVIDENCE_NOTE] if flat else ()),
             *(lines or ()),
@@ -124,12 +125,12 @@ def explain_images(
         ]
         render_overlay(img, cam, float(p), threshold, i, caption).save(path)
         paths.append(path)
-    with open(out / "probabilities.csv", "w", newline="") as f:
+    with open(out.probabilities, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "probability", "label"])
         writer.writerows([i, f"{p:.6f}", int(p >= threshold)] for i, p in zip(ids, probs, strict=True))
     np.savez_compressed(
-        out / "gradcam.npz",
+        out.maps,
         ids=np.asarray(ids),
         maps=maps.astype(np.float16),
         probabilities=probs,

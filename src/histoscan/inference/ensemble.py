@@ -13,18 +13,14 @@ import numpy as np
 import torch
 
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import CvDir, RunDir
 from histoscan.inference.base import Predictor
 from histoscan.inference.card import ModelCard
-from histoscan.run import RunDir
 
 
 def member_runs(path: str | Path) -> list[Path]:
     """The run folders of a cross-validation folder (OUT/fold-<k>/ with config.yaml), in fold order; [] if none."""
-    p = Path(path)
-    if not p.is_dir() or RunDir.is_run(p):
-        return []
-    runs = [d for d in p.glob("fold-*") if d.is_dir() and (d / RunDir.CONFIG).is_file()]
-    return sorted(runs, key=lambda d: int(d.name.split("-")[-1]) if d.name.split("-")[-1].isdigit() else 0)
+    return CvDir(path).fold_runs()
 
 
 class EnsemblePredictor(Predictor):

@@ -155,7 +155,7 @@ def load_predictor(
                 )
         elif not is_onnx_file:
             raise HistoscanInputError(
-                f"{p}: --backend onnx needs a .onnx file or a run folder holding model.onnx"
+                f"{p}: --backend onnx needs a .onnx file or a run folder holding {RunDir.ONNX}"
             )
         return OnnxPredictor(onnx_path, threads=threads, source=p)
     return load_torch_predictor(p, device)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from histoscan import __version__
 from histoscan.errors import HistoscanInputError, Interrupted
+from histoscan.folders import CohortDir, SlideDir
 from histoscan.inference.card import ModelCard
 from histoscan.inference.predictor import load_predictor
 from histoscan.slide.cohort_items import (
@@ -29,9 +30,6 @@ from histoscan.slide.tiles import SlideOptions
 from histoscan.utils.fs import atomic_write_json, replace_folder
 
 __all__ = ["COLUMNS", "CohortItem", "CohortReport", "list_cohort", "run_cohort"]
-
-MARKER = ".done.json"
-COHORT_MARK = ".cohort.json"
 
 
 @dataclass
@@ -142,7 +140,7 @@ def run_cohort(
             for result in unreadable:
                 result.worker = worker_info(runner.name)
                 commit(result)
-            runner.run(todo, dest / ".work", commit)
+            runner.run(todo, CohortDir(dest).work, commit)
         except KeyboardInterrupt:
             interrupted = True
         except HistoscanInputError:  # the engine could not start: a new DIR is not left behind
@@ -202,7 +200,7 @@ def _finish(
     report.rows = [_row(dest, it, keys[it.id]) for it in items if it.id in keys]
     report.workers, report.restarts = runner.workers, runner.restarts
     report.seconds = time.perf_counter() - t0
-    write_cohort_csv(dest / "cohort.csv", report.rows)
+    write_cohort_csv(CohortDir(dest).csv_path, report.rows)
     note = (
         f"{report.n_ok} ok, {report.n_failed} failed of {len(items)} slides · model {report.model_id} · "
         f"updated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · histoscan {__version__}"
@@ -214,7 +212,7 @@ def _check_out(dest: Path, force: bool) -> None:
     """DIR may be new, empty, an earlier cohort (resumed), or anything else with --force."""
     if dest.exists() and not dest.is_dir():
         raise HistoscanInputError(f"--out {dest}: exists and is not a folder")
-    if dest.is_dir() and not (dest / COHORT_MARK).is_file() and any(dest.iterdir()) and not force:
+    if dest.is_dir() and not CohortDir(dest).is_cohort() and any(dest.iterdir()) and not force:
         raise HistoscanInputError(
             f"--out {dest}: folder is not empty and not a histoscan slides output (use --force to write into it)"
         )
@@ -224,7 +222,8 @@ def _check_out(dest: Path, force: bool) -> None:
 def _cohort_folder(dest: Path, source: str | Path) -> Iterator[None]:
     """Create and lock DIR for this run; clear what an interrupted run left in its work area."""
     dest.mkdir(parents=True, exist_ok=True)
-    lock = (dest / ".lock").open("w")
+    folder = CohortDir(dest)
+    lock = folder.lock_path.open("w")
     try:
         try:
             import fcntl
@@ -234,10 +233,10 @@ def _cohort_folder(dest: Path, source: str | Path) -> Iterator[None]:
             pass
         except BlockingIOError:
             raise HistoscanInputError(f"--out {dest}: another histoscan slides run is using it") from None
-        if not (dest / COHORT_MARK).is_file():
+        if not folder.is_cohort():
             created = datetime.now(UTC).isoformat(timespec="seconds")
             atomic_write_json(
-                dest / COHORT_MARK, {"created": created, "input": str(source), "histoscan": __version__}
+                folder.mark_path, {"created": created, "input": str(source), "histoscan": __version__}
             )
         _clean(dest)
         yield
@@ -248,7 +247,7 @@ def _cohort_folder(dest: Path, source: str | Path) -> Iterator[None]:
 
 def _clean(dest: Path) -> None:
     """Remove the work area and any half-moved folder (`.<id>.*.partial`, `.<id>.old-*`)."""
-    shutil.rmtree(dest / ".work", ignore_errors=True)
+    shutil.rmtree(CohortDir(dest).work, ignore_errors=True)
     for p in [*dest.glob(".*.partial"), *dest.glob(".*.old-*")]:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -263,10 +262,12 @@ def _read_json(path: Path) -> dict | None:
 def _row(dest: Path, item: CohortItem, key: dict) -> dict:
     """cohort.csv's row for `item`, from its markers: ok, failed, or pending (not finished by any run)."""
     row = {k: None for k in COLUMNS} | {"id": item.id, "path": str(item.path), "model_id": key["model_id"]}
-    done = _read_json(dest / item.id / MARKER)
-    if done and all(done.get(k) == v for k, v in key.items()) and (dest / item.id / "summary.json").is_file():
+    folder = CohortDir(dest)
+    done = _read_json(folder.done_marker(item.id))
+    mapped = SlideDir(folder.slide(item.id)).summary_path.is_file()
+    if done and all(done.get(k) == v for k, v in key.items()) and mapped:
         return row | {k: done.get(k) for k in COLUMNS if k not in row or row[k] is None} | {"status": "ok"}
-    failed = _read_json(dest / ".failed" / f"{item.id}.json")
+    failed = _read_json(folder.failure(item.id))
     if failed and all(failed.get(k) == v for k, v in key.items()):
         return row | {"status": "failed", "error": failed.get("error"), "seconds": failed.get("seconds")}
     return row | {"status": "pending", "error": ""}
@@ -289,7 +290,8 @@ def _commit(dest: Path, item: CohortItem, key: dict, result: SlideResult, report
     if result.worker:
         w = f"{result.worker['host']}:{result.worker['pid']}"
         report.peak_rss_mb[w] = max(report.peak_rss_mb.get(w, 0.0), result.worker["peak_rss_mb"])
-    failure = dest / ".failed" / f"{item.id}.json"
+    folder = CohortDir(dest)
+    failure = folder.failure(item.id)
     if result.status != "ok":
         atomic_write_json(failure, record | {"detail": result.detail})
         return {k: record.get(k) for k in COLUMNS}
@@ -302,9 +304,9 @@ def _commit(dest: Path, item: CohortItem, key: dict, result: SlideResult, report
         "tissue_tiles": s.get("n_tissue_tiles"),
         "warnings": s.get("warnings", []),
     }
-    staged = Path(result.folder) if result.folder else _unpack(result.files or {}, dest / ".work" / item.id)
-    atomic_write_json(staged / MARKER, record)
-    replace_folder(staged, dest / item.id)
+    staged = Path(result.folder) if result.folder else _unpack(result.files or {}, folder.work / item.id)
+    atomic_write_json(folder.done_marker(staged), record)
+    replace_folder(staged, folder.slide(item.id))
     failure.unlink(missing_ok=True)
     report.tiles += int(record["tissue_tiles"] or 0)
     return {k: record.get(k) for k in COLUMNS} | {"warnings": record["warnings"]}

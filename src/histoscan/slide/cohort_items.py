@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import CohortDir
 from histoscan.inference.card import ModelCard
 from histoscan.slide.tiles import SlideOptions
 from histoscan.utils.digest import file_digest
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".svslide")
-RESERVED_IDS = {"cohort.csv", "index.html"}  # names the cohort folder itself uses (ids never start with ".")
+RESERVED_IDS = CohortDir.RESERVED  # names the cohort folder itself uses (ids never start with ".")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MIB = 1 << 20
 

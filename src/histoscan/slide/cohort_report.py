@@ -7,6 +7,7 @@ import csv
 import io
 from pathlib import Path
 
+from histoscan.folders import CohortDir, SlideDir
 from histoscan.utils.fs import atomic_write_text
 from histoscan.utils.html import render_html
 
@@ -55,13 +56,11 @@ _HEAD = (
 )
 
 
-# a finished slide's files the index links to, relative to its <id>/ folder
-_LINKS = {
-    "thumbnail": "thumbnail.jpg",
-    "overlay": "overlay.png",
-    "summary": "summary.json",
-    "regions": "regions.geojson",
-}
+def _links(sid: str) -> dict[str, str]:
+    """A finished slide's files the index links to, relative to index.html."""
+    f = SlideDir(sid)
+    return {k: getattr(f, a).as_posix() for k, a in
+            (("thumbnail", "thumbnail"), ("overlay", "overlay"), ("summary", "summary_path"), ("regions", "regions"))}  # fmt: skip
 
 
 def write_index(out: Path, rows: list[dict], title: str, note: str) -> Path:
@@ -74,7 +73,7 @@ def write_index(out: Path, rows: list[dict], title: str, note: str) -> Path:
             "id": r["id"],
             "path": str(r["path"]),
             "status": r["status"],
-            "links": _LINKS if r["status"] == "ok" else None,
+            "links": _links(r["id"]) if r["status"] == "ok" else None,
             "cells": [
                 (_cell(r, key), "n" if num else "err" if key == "error" else "") for key, num, _ in _HEAD[2:]
             ],
@@ -88,4 +87,4 @@ def write_index(out: Path, rows: list[dict], title: str, note: str) -> Path:
         head=[(label, num) for _, num, label in _HEAD],
         rows=table,
     )
-    return atomic_write_text(out / "index.html", page)
+    return atomic_write_text(CohortDir(out).index_path, page)

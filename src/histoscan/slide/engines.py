@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import SlideDir
 from histoscan.inference.predictor import Predictor, load_predictor
 from histoscan.slide import mapping
 from histoscan.slide.cohort_items import CohortItem, model_id
@@ -25,7 +26,6 @@ from histoscan.slide.tiles import SlideOptions
 
 log = logging.getLogger(__name__)
 
-THUMBNAIL = "thumbnail.jpg"
 RAY_HINT = "pip install 'histoscan[cluster]'"
 
 
@@ -91,7 +91,7 @@ def map_one(
         try:
             from PIL import Image
 
-            Image.fromarray(reader.thumbnail(512)).save(dest / THUMBNAIL, quality=85)
+            Image.fromarray(reader.thumbnail(512)).save(SlideDir(dest).thumbnail, quality=85)
         finally:
             reader.close()
     except Exception as e:  # any one slide's failure is recorded; the cohort goes on

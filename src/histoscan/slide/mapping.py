@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import SlideDir
 from histoscan.inference.domain import domain_warnings, patch_colours, sample_rows
 from histoscan.inference.predictor import Predictor
 from histoscan.slide.io import SlideReader, open_slide, tumour_regions
@@ -220,14 +220,15 @@ def _map(
         summary["notes"].append(explain_note)
     t_write = time.perf_counter()
     caption = caption_lines(Path(slide).name, summary)
-    write_heatmap(out / "heatmap.png", heat, threshold, caption)
-    bar = write_overlay(out / "overlay.png", heat, thumb, reader.dimensions, cells, regions, threshold,
+    folder = SlideDir(out)
+    write_heatmap(folder.heatmap_png, heat, threshold, caption)
+    bar = write_overlay(folder.overlay, heat, thumb, reader.dimensions, cells, regions, threshold,
                         reader.mpp, caption)  # fmt: skip
     summary["scale_bar"] = {"um": bar.um, "px": bar.px, "overlay_um_per_px": bar.um_per_px}
     summary["caption"] = caption
-    _write_tiles(out / "tiles.csv", rc, xy, probs, frac)
-    (out / "regions.geojson").write_text(json.dumps(regions))
-    np.save(out / "heatmap.npy", heat)
+    _write_tiles(folder.tiles, rc, xy, probs, frac)
+    folder.write_regions(regions)
+    np.save(folder.heatmap, heat)
     t_end = time.perf_counter()
     summary["seconds"] = round(t_end - t_start, 3)
     summary["timings_s"] = {
@@ -239,7 +240,7 @@ def _map(
             ("write", t_write, t_end),
         )
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    folder.write_summary(summary)
     return summary
 
 
@@ -279,7 +280,7 @@ def _explain(
     images = np.stack([read_tile(reader, grid, *xy[i]) for i in order])
     return list(
         explain_images(
-            predictor, images, ids, out / "explain", notes=notes, warnings=warnings, threshold=threshold
+            predictor, images, ids, SlideDir(out).explain, notes=notes, warnings=warnings, threshold=threshold
         )
     ), note
 

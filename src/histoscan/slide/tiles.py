@@ -14,12 +14,13 @@ import numpy as np
 from PIL import Image
 
 from histoscan.errors import HistoscanInputError
+from histoscan.folders import SlideDir
 from histoscan.ranges import check_ranges, ranged
 
 if TYPE_CHECKING:
     from histoscan.slide.io import SlideReader
 
-OUTPUTS = ("heatmap.npy", "heatmap.png", "overlay.png", "tiles.csv", "regions.geojson", "summary.json")
+OUTPUTS = SlideDir.OUTPUTS  # what `histoscan slide` writes (the names: SlideDir)
 
 
 @dataclass

@@ -3,9 +3,7 @@ fold, predictions pooled into one metrics.json with group-bootstrap CIs."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,16 +15,11 @@ from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.evaluate import evaluate
 from histoscan.evaluation.metrics import compute_metrics
+from histoscan.folders import CvDir, EvalDir, RunDir
 from histoscan.inference.card import threshold_fields
-from histoscan.run import RunDir
 from histoscan.training.progress import Echo
 from histoscan.training.train import train
-from histoscan.utils.fs import atomic_path, atomic_write_json, guard_output
-
-
-def _read_predictions(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+from histoscan.utils.fs import guard_output
 
 
 def crossval(
@@ -55,15 +48,16 @@ def crossval(
         raise HistoscanInputError(f"--use-folds {list(use_folds or [])}: need fold numbers in 0..{folds - 1}")
     out = Path(config.out).expanduser() if resume else guard_output(config.out, force, "folder", "--out")
     out.mkdir(parents=True, exist_ok=True)
+    cv = CvDir(out)
     rows: list[dict[str, str]] = []
     per_fold: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for k in chosen:
-        cfg = dataclasses.replace(config, out=str(out / f"fold-{k}"), folds=folds, fold=k)
+        cfg = dataclasses.replace(config, out=str(cv.fold_path(k)), folds=folds, fold=k)
         t = time.perf_counter()
-        run, eval_dir = Path(cfg.out), RunDir(cfg.out).eval_dir(config.data)
+        run, eval_dir = Path(cfg.out), EvalDir(RunDir(cfg.out).eval_dir(config.data))
         if resume and _fold_done(run, eval_dir, cfg, tta):
-            metrics = json.loads((eval_dir / "metrics.json").read_text())
+            metrics = eval_dir.read_metrics()
             seconds = sum(float(r.get("seconds") or 0) for r in RunDir(run).read_metrics())
             if echo is not None:
                 echo(f"fold {k + 1}/{folds}: done before, kept ({run})")
@@ -71,7 +65,7 @@ def crossval(
             if echo is not None:
                 echo(f"fold {k + 1}/{folds}: training {cfg.out}")
             run = train(cfg, force=True, echo=echo)
-            metrics = evaluate(run, config.data, out=eval_dir, tta=tta, force=True)
+            metrics = evaluate(run, config.data, out=eval_dir.path, tta=tta, force=True)
             seconds = time.perf_counter() - t
         if echo is not None:
             echo(
@@ -80,7 +74,7 @@ def crossval(
                 f"{seconds / 60:.1f} min)"
             )
         threshold = threshold_fields(RunDir(run).read_threshold())[0]
-        fold_rows = _read_predictions(eval_dir / "predictions.csv")
+        fold_rows = eval_dir.read_predictions()
         for r in fold_rows:
             r["fold"], r["decision"] = str(k), str(int(float(r["probability"]) >= threshold))
         rows += fold_rows
@@ -109,21 +103,18 @@ def crossval(
         "pooled": pooled,
         "per_fold": per_fold,
     }
-    atomic_write_json(out / "cv.json", result)
-    with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "group", "label", "probability", "fold", "decision"])
-        w.writeheader()
-        w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
+    cv.write_summary(result)
+    cv.write_predictions(rows)
     return result
 
 
-def _fold_done(run: Path, eval_dir: Path, cfg: TrainConfig, tta: int) -> bool:
+def _fold_done(run: Path, eval_dir: EvalDir, cfg: TrainConfig, tta: int) -> bool:
     """Whether fold `run` was trained with `cfg` (same fields but `out`) and evaluated with `tta` views."""
-    if not (eval_dir / "predictions.csv").is_file() or not (eval_dir / "metrics.json").is_file():
+    if not eval_dir.complete():
         return False
     try:
         saved = RunDir(run).read_config()
-        views = json.loads((eval_dir / "metrics.json").read_text()).get("tta")
+        views = eval_dir.read_metrics().get("tta")
     except (HistoscanInputError, ValueError):
         return False
     same = {**saved.to_dict(), "out": ""} == {**cfg.to_dict(), "out": ""}

@@ -231,7 +231,8 @@ def _interrupted_message(run: RunDir, config: TrainConfig, resume: bool) -> str:
     """What Ctrl-C left behind, and the command that continues from it. Removes a new run with no epoch."""
     again = f"histoscan train --data {config.data} --out {config.out} --resume"
     if run.last_ckpt.is_file():
-        return f"saved {run.path} after {run.epochs_done()} epoch(s) (checkpoints/last.ckpt); continue with: {again}"
+        saved = run.last_ckpt.relative_to(run.path)
+        return f"saved {run.path} after {run.epochs_done()} epoch(s) ({saved}); continue with: {again}"
     if resume:
         return f"{run.path} is as it was; continue with: {again}"
     shutil.rmtree(run.path, ignore_errors=True)  # committed, but no epoch finished: nothing worth keeping

@@ -131,7 +131,7 @@ def experiment_logger(config: TrainConfig, run: RunDir) -> Any:
             raise HistoscanInputError(
                 "--logger tensorboard: the tensorboard package is not installed (pip install tensorboard)"
             ) from None
-        return TensorBoardLogger(save_dir=str(run.final), name="logs", version="", default_hp_metric=False)
+        return TensorBoardLogger(save_dir=str(run.final), name=RunDir.LOGS, version="", default_hp_metric=False)
     try:
         import mlflow  # noqa: F401
         from lightning.pytorch.loggers import MLFlowLogger
@@ -139,7 +139,7 @@ def experiment_logger(config: TrainConfig, run: RunDir) -> Any:
         raise HistoscanInputError(
             "--logger mlflow: the mlflow package is not installed (pip install mlflow)"
         ) from None
-    uri = (run.final / "mlruns").resolve().as_uri()
+    uri = run.final_path(RunDir.MLRUNS).resolve().as_uri()
     return MLFlowLogger(experiment_name="histoscan", run_name=run.final.name, tracking_uri=uri)
 
 

@@ -31,9 +31,9 @@ from histoscan.config import TrainConfig, option_name
 from histoscan.data.store import resolve_store
 from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.metrics import compute_metrics
+from histoscan.folders import RunDir, TuneDir
 from histoscan.inference.predictor import load_torch_predictor
 from histoscan.inference.tta import infer
-from histoscan.run import RunDir
 from histoscan.training.progress import Echo
 from histoscan.training.train import train
 from histoscan.utils.fs import atomic_path, atomic_write_text, guard_output
@@ -52,7 +52,6 @@ SEARCH_SPACE: dict[str, tuple[str, Any]] = {
     "augment": ("choice", ["d4", "d4,color", "d4,hed", "d4,affine"]),
 }
 STUDY = "histoscan"
-RECORD = "study.json"  # the study's identity, written when the tune folder is created
 _NOT_FIXED = ("data", "out", "folds", "fold")  # TrainConfig fields that are no fixed option of a study
 _FORCE = "pass --force to start a new study (replacing this one)"
 
@@ -155,14 +154,14 @@ def _legacy_identity(out: Path, db: Path, new: dict) -> dict:
             space[name] = ["log" if getattr(d, "log", False) else "float", [d.low, d.high]]
     space = json.loads(json.dumps(space)) or new["search_space"]
     seen, used = set(), set()
-    for path in sorted(out.glob("trials/*/fold-*/config.yaml")):
+    for path in TuneDir(out).trial_configs():
         cfg = TrainConfig.load(path).to_dict()
         fixed = {k: v for k, v in cfg.items() if k not in (*_NOT_FIXED, *space)}
         seen.add(json.dumps([_data_id(cfg["data"]), cfg["folds"], fixed]))
         used.add(cfg["fold"])
     if len(seen) > 1:
-        raise HistoscanInputError(f"--out {out}: the trials of this tune folder (from before {RECORD}) were run "
-                                  f"on different data or options; {_FORCE}")  # fmt: skip
+        raise HistoscanInputError(f"--out {out}: the trials of this tune folder (from before {TuneDir.RECORD}) were "
+                                  f"run on different data or options; {_FORCE}")  # fmt: skip
     data, folds, fixed = json.loads(seen.pop()) if seen else (new["data"], new["folds"], new["fixed"])
     use_folds = new["use_folds"] if used <= set(new["use_folds"]) else sorted(used)
     return {"data": data, "folds": folds, "use_folds": use_folds, "search_space": space, "fixed": fixed}
@@ -261,7 +260,8 @@ def tune(
         raise HistoscanInputError(f"--trials {n_trials} / --folds {folds} / --use-folds {list(use_folds)}: need "
                                   f"trials >= 1, folds >= 2 and fold numbers in 0..{folds - 1}")  # fmt: skip
     out = Path(out).expanduser()
-    db, record = out / "study.db", out / RECORD
+    folder = TuneDir(out)
+    db, record = folder.db_path, folder.record_path
     identity = study_identity(config, folds, use_folds, params)
     existing = not force and (db.is_file() or record.is_file())
     if existing:  # continue only the same study; checked before anything in OUT changes
@@ -276,7 +276,7 @@ def tune(
         shutil.rmtree(out)
     if not record.is_file():  # a new study, or one from before study.json that matched this command
         if existing and echo is not None:
-            echo(f"tune: {out} has no {RECORD} (an older histoscan's tune): its trials match this command; "
+            echo(f"tune: {out} has no {TuneDir.RECORD} (an older histoscan's tune): its trials match this command; "
                  f"recorded the study in {record}")  # fmt: skip
         atomic_write_text(record, json.dumps(identity, indent=1) + "\n")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -298,13 +298,13 @@ def tune(
         echo(f"tune: continuing {db}: {failed} unfinished trial(s) marked failed {again}")
     if echo is not None and config.limit_batches:
         echo(f"tune: smoke run: every trial trains at most {config.limit_batches} batches per epoch "
-             f"(--limit-batches {config.limit_batches}); best.yaml leaves the cap out")  # fmt: skip
+             f"(--limit-batches {config.limit_batches}); {TuneDir.BEST} leaves the cap out")  # fmt: skip
 
     def objective(trial: Any) -> float:
         values = suggest(trial, params)
         t0, aucs = time.perf_counter(), []
         for i, k in enumerate(use_folds):
-            cfg = dataclasses.replace(config, **values, out=str(out / "trials" / f"{trial.number}" / f"fold-{k}"),
+            cfg = dataclasses.replace(config, **values, out=str(folder.trial_fold(trial.number, k)),
                                       folds=folds, fold=k)  # fmt: skip
             cbs = [PyTorchLightningPruningCallback(trial, monitor=config.monitor)] if i == 0 else []
             run = train(cfg, force=True, callbacks=cbs)
@@ -333,7 +333,7 @@ def tune(
     return {
         "best_value": None if best is None else best.value,
         "best_params": {} if best is None else dict(best.params),
-        "best_config": str(out / "best.yaml") if best is not None else None,
+        "best_config": str(folder.best_path) if best is not None else None,
         "n_trials": len(study.trials),
         "out": str(out),
         "limit_batches": config.limit_batches,
@@ -352,7 +352,8 @@ def _best(study: Any, optuna: Any) -> Any:
 def _write_results(study: Any, out: Path, config: TrainConfig, optuna: Any) -> None:
     """OUT/trials.csv (every trial) and OUT/best.yaml (the best complete trial's full TrainConfig)."""
     names = list(SEARCH_SPACE)
-    with atomic_path(out / "trials.csv") as tmp, tmp.open("w", newline="") as f:
+    folder = TuneDir(out)
+    with atomic_path(folder.trials_csv) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["trial", "state", "mean_auc", "fold_auc", "seconds", *names])
         for t in study.trials:
@@ -366,11 +367,11 @@ def _write_results(study: Any, out: Path, config: TrainConfig, optuna: Any) -> N
             values["augment"] = values["augment"].split(",")
         # a smoke-run cap of the trials is no part of the configuration a real run should train with
         cfg = dataclasses.replace(config, **values, out="", folds=None, fold=None, limit_batches=None)
-        cfg.save(out / "best.yaml")
-    _write_importance(study, out, optuna)
+        cfg.save(folder.best_path)
+    _write_importance(study, folder, optuna)
 
 
-def _write_importance(study: Any, out: Path, optuna: Any) -> None:
+def _write_importance(study: Any, folder: TuneDir, optuna: Any) -> None:
     """OUT/importance.csv and OUT/importance.png: each searched parameter's share of the objective's variance
     over the completed trials (Optuna's fANOVA); needs two completed trials that differ."""
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -380,7 +381,7 @@ def _write_importance(study: Any, out: Path, optuna: Any) -> None:
         scores = optuna.importance.get_param_importances(study)
     except (ImportError, RuntimeError, ValueError):  # scikit-learn missing, or a space fANOVA cannot split
         return
-    with atomic_path(out / "importance.csv") as tmp, tmp.open("w", newline="") as f:
+    with atomic_path(folder.importance_csv) as tmp, tmp.open("w", newline="") as f:
         csv.writer(f).writerows([["param", "importance"], *[[k, f"{v:.4f}"] for k, v in scores.items()]])
     import matplotlib
 
@@ -393,6 +394,6 @@ def _write_importance(study: Any, out: Path, optuna: Any) -> None:
     ax.set_xlabel("importance (fANOVA share of mean-AUC variance)")
     ax.set_title(f"{len(done)} completed trials")
     fig.tight_layout()
-    with atomic_path(out / "importance.png") as tmp:
+    with atomic_path(folder.importance_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
