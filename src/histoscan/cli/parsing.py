@@ -20,6 +20,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
+_REQUIRED = "the following arguments are required: "
 VERBOSE_HELP = "log progress details (-v) or debug output (-vv); before or after the command"
 
 
@@ -36,8 +37,27 @@ class Parser(ArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> Any:  # type: ignore[override]
         """One line, ``PROG: error: MESSAGE``, exit 2 (argparse's convention): PROG is the subcommand's."""
         parser = getattr(ex, "subcommand_parser", None) or self
+        if message.startswith(_REQUIRED):
+            parser, message = self._name_required(message)
         prog = parser.prog.replace(" [options]", "")
         self.exit(2, f"{prog}: error: {message}\n")
+
+    def _name_required(self, message: str) -> tuple[argparse.ArgumentParser, str]:
+        """jsonargparse names a missing argument by its key ("bench.data") from the root; say it as argparse
+        does, from the subcommand: "histoscan bench: error: the following arguments are required: --data"."""
+        parser: argparse.ArgumentParser = self
+        names = []
+        for key in message[len(_REQUIRED) :].split(", "):
+            *path, dest = key.split(".")
+            parser = self
+            for name in path:
+                action = _subcommands(parser)
+                if action is None or name not in action.choices:
+                    return self, message
+                parser = action.choices[name]
+            found = next((a for a in parser._actions if a.dest == dest), None)
+            names.append((found.option_strings or [found.metavar or dest])[0] if found else dest)
+        return parser, _REQUIRED + ", ".join(names)
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """Parse; a command line with subcommands comes back flat (see :func:`flatten`)."""
