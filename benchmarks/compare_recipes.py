@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from _common import replace_block
 
-from histoscan.cli.cv import parse_folds
 from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.splits import make_folds
 from histoscan.data.store import resolve_store
 from histoscan.evaluation.compare import paired_bootstrap
 from histoscan.evaluation.metrics import compute_metrics, select_threshold
+from histoscan.options.training import parse_folds
 from histoscan.training.crossval import crossval
 
 RECIPES: dict[str, dict[str, object]] = {
