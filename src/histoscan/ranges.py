@@ -134,7 +134,9 @@ def ranged(default: Any, kind: type = float, **bounds: Any) -> Any:
 
 
 def field_option_name(f: dataclasses.Field) -> str:
-    """The CLI spelling of field `f`: its declared `option`, else --field-name."""
+    """The CLI spelling of field `f`: its declared `option`, else --field-name (a positional: its metavar)."""
+    if f.metadata.get("positional"):
+        return f.metadata.get("metavar") or f.name.upper()
     return f.metadata.get("option") or option_name(f.name)
 
 
