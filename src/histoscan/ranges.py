@@ -128,11 +128,6 @@ def opt(
     return field(default=default, metadata=meta)
 
 
-def ranged(default: Any, kind: type = float, **bounds: Any) -> Any:
-    """A field with only a numeric range (no help): ``ranged(64, int, low=1)``."""
-    return opt(default, kind=kind, **bounds)
-
-
 def field_option_name(f: dataclasses.Field) -> str:
     """The CLI spelling of field `f`: its declared `option`, else --field-name (a positional: its metavar)."""
     if f.metadata.get("positional"):
@@ -171,11 +166,6 @@ def check_fields(obj: Any) -> None:
     """Check every field of dataclass `obj` (see :func:`check_field`)."""
     for f in dataclasses.fields(obj):
         check_field(f, getattr(obj, f.name))
-
-
-def check_ranges(obj: Any) -> None:
-    """Check every field of dataclass `obj` (the older name of :func:`check_fields`)."""
-    check_fields(obj)
 
 
 class Options:

@@ -196,3 +196,21 @@ def test_a_file_of_options_reads_back_with_the_same_checks(tmp_path: Path) -> No
         HistoscanInputError, match=rf"^{tmp_path / 'bad.yaml'}: --port 70000: must be at most 65535$"
     ):
         ServeSettings.load(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["bench"], "histoscan bench: error: the following arguments are required: --data"),
+        (["stain"], "histoscan stain: error: the following arguments are required: {fit,apply}"),
+        (
+            ["stain", "fit"],
+            "histoscan stain fit: error: the following arguments are required: IMAGE_OR_DIR, --out",
+        ),
+    ],
+)
+def test_a_missing_argument_is_named_from_its_command(argv: list[str], line: str, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == line + "\n"

@@ -15,12 +15,14 @@ What the layer adapts, and why:
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from jsonargparse import ArgumentParser
 
 _REQUIRED = "the following arguments are required: "
+_NO_SUBCOMMAND = re.compile(r'expected "(?:(.+)\.)?([^".]+)" to be one of \{.*\}, but it was not provided\.')
 VERBOSE_HELP = "log progress details (-v) or debug output (-vv); before or after the command"
 
 
@@ -37,6 +39,9 @@ class Parser(ArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> Any:  # type: ignore[override]
         """One line, ``PROG: error: MESSAGE``, exit 2 (argparse's convention): PROG is the subcommand's."""
         parser = getattr(ex, "subcommand_parser", None) or self
+        missing = _NO_SUBCOMMAND.fullmatch(message)
+        if missing:  # jsonargparse's wording for a missing subcommand: say it as for any required argument
+            message = f"{_REQUIRED}{missing[1]}.{missing[2]}" if missing[1] else f"{_REQUIRED}{missing[2]}"
         if message.startswith(_REQUIRED):
             parser, message = self._name_required(message)
         prog = parser.prog.replace(" [options]", "")
@@ -56,7 +61,10 @@ class Parser(ArgumentParser):
                     return self, message
                 parser = action.choices[name]
             found = next((a for a in parser._actions if a.dest == dest), None)
-            names.append((found.option_strings or [found.metavar or dest])[0] if found else dest)
+            if isinstance(found, argparse._SubParsersAction):
+                names.append("{" + ",".join(found.choices) + "}")
+            else:
+                names.append((found.option_strings or [found.metavar or dest])[0] if found else dest)
         return parser, _REQUIRED + ", ".join(names)
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
