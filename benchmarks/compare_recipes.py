@@ -29,12 +29,12 @@ import numpy as np
 from _common import replace_block, same_config
 from paired_bootstrap import paired_bootstrap
 
-from histoscan.cli.cv import parse_folds
 from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.splits import make_folds
 from histoscan.data.store import resolve_store
 from histoscan.evaluation.metrics import compute_metrics, select_threshold
 from histoscan.folders import CvDir
+from histoscan.options.training import parse_folds
 from histoscan.training.crossval import crossval
 
 RECIPES: dict[str, dict[str, object]] = {

@@ -1,9 +1,10 @@
-"""Allowed ranges of numeric options, declared once: checked when the CLI parses a value and when a dataclass
-(TrainConfig, SlideOptions, ServeSettings) is built from Python, with the same one-line messages.
+"""Options declared once, as typed dataclass fields: help, default, range and choices live in the field.
 
-A dataclass field declares its range with :func:`ranged` (TrainConfig: ``_opt(low=..., ...)``); a CLI option
-takes it with ``**field_option(Cls, "name")``, and an option with no dataclass behind it declares it in place
-with ``**number(int, low=1)``. Stdlib only: ``histoscan --help`` stays fast.
+Every command's options are dataclasses (TrainConfig, SlideOptions, ServeSettings and the groups of
+:mod:`histoscan.options`) whose fields are made with :func:`opt`. The same declaration gives the CLI option
+(`histoscan.cli.parsing` builds it: help with the default and the range, a range checked as the value is
+parsed), the check a Python caller gets on construction (:class:`Options`, same one-line messages), and the
+YAML files (`--config FILE`, RUN/config.yaml). Stdlib only: ``histoscan --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -85,11 +86,53 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
-def ranged(default: Any, kind: type = float, **bounds: Any) -> Any:
-    """A dataclass field with a declared Range (`low`, `high`, `low_open`, `high_open`) and its CLI option name
-    (`option=`, default from the field name)."""
-    option = bounds.pop("option", None)
-    return field(default=default, metadata={"range": Range(kind, **bounds), "option": option})
+def opt(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    kind: type | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    bounds: Range | None = None,
+    choices: tuple[Any, ...] | None = None,
+    metavar: str | None = None,
+    option: str | None = None,
+    positional: bool = False,
+    nargs: str | None = None,
+    const: Any = None,
+    required: bool = False,
+    cli: bool = True,
+    show_default: bool = True,
+    factory: Any = None,
+) -> Any:
+    """A dataclass field that is also a command-line option.
+
+    `help` is the option's text (the CLI adds "(default X)" unless `show_default` is false, and the range);
+    `kind` with `low`/`high` (`*_open`: bound excluded) declares a numeric range (`bounds`: an existing
+    Range, to share another field's), `choices` the allowed values; `option` overrides the option name
+    (default: the field name, dashed); `positional` makes it an argument (`metavar` its name, `nargs` e.g.
+    "+"); `required`: a CLI option that must be given; `cli=False`: a field with no option (set by the
+    program, read from files).
+    """
+    ranged_ = kind in (int, float) and (low is not None or high is not None)
+    if bounds is None and ranged_:
+        bounds = Range(kind, low, high, low_open, high_open)
+    meta = dict(
+        help=help, range=bounds, choices=choices, metavar=metavar, option=option, positional=positional,
+        nargs=nargs, const=const, required=required, cli=cli, show_default=show_default, kind=kind,
+    )  # fmt: skip
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def field_option_name(f: dataclasses.Field) -> str:
+    """The CLI spelling of field `f`: its declared `option`, else --field-name (a positional: its metavar)."""
+    if f.metadata.get("positional"):
+        return f.metadata.get("metavar") or f.name.upper()
+    return f.metadata.get("option") or option_name(f.name)
 
 
 def field_range(cls: type, name: str) -> Range:
@@ -97,13 +140,103 @@ def field_range(cls: type, name: str) -> Range:
     return cls.__dataclass_fields__[name].metadata["range"]
 
 
-def check_ranges(obj: Any) -> None:
-    """Check every field of dataclass `obj` that declares a Range (None means "not set" and passes)."""
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """Raise HistoscanInputError "OPT VALUE: ..." unless `value` fits field `f` (range, choices, bool, None)."""
+    meta, opt_ = f.metadata, field_option_name(f)
+    if value is None:
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        if meta.get("required") or no_default:
+            raise HistoscanInputError(f"{opt_}: required")
+        if f.default is not None and f.default is not dataclasses.MISSING:
+            raise HistoscanInputError(f"{opt_}: a value is required")
+        return
+    if meta.get("range") is not None:
+        meta["range"].check(opt_, value)
+    choices = meta.get("choices")
+    if choices is not None:
+        values = value if meta.get("nargs") in ("+", "*") and isinstance(value, list) else [value]
+        for v in values:
+            if v not in choices:
+                raise HistoscanInputError(f"{opt_} {v}: choose from {', '.join(map(str, choices))}")
+    if f.type in ("bool", bool) and not isinstance(value, bool):
+        raise HistoscanInputError(f"{opt_} {value!r}: must be true or false")
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field of dataclass `obj` (see :func:`check_field`)."""
     for f in dataclasses.fields(obj):
-        rng = f.metadata.get("range")
-        value = getattr(obj, f.name)
-        if rng is not None and value is not None:
-            rng.check(f.metadata.get("option") or option_name(f.name), value)
+        check_field(f, getattr(obj, f.name))
+
+
+class Options:
+    """Base of the option dataclasses: checked on construction, built from and saved as plain mappings.
+
+    A subclass is a ``@dataclass`` whose fields come from :func:`opt`; :meth:`validate` checks each field and
+    then the subclass's own cross-field rules (override :meth:`check`).
+    """
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field against its declaration, then :meth:`check`; raise naming the option."""
+        check_fields(self)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field rules of a subclass (none here)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON-safe)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str | None = None) -> Any:
+        """Build from a mapping, rejecting unknown keys and bad values with one line (naming `source`)."""
+        where = f"{source}: " if source else ""
+        if not isinstance(d, dict):
+            raise HistoscanInputError(f"{where or 'config: '}not a mapping of option names to values")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise HistoscanInputError(f"{where or 'config: '}unknown field(s) {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except HistoscanInputError as e:
+            raise HistoscanInputError(f"{where}{e}") from None
+        except TypeError as e:  # a required field missing (dataclass signature)
+            raise HistoscanInputError(f"{where or 'config: '}{e}") from None
+
+    def save(self, path: Any) -> None:
+        """Write as YAML (atomically)."""
+        import yaml
+
+        from histoscan.utils.fs import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def read_yaml(cls, path: Any) -> dict[str, Any]:
+        """The mapping in YAML file `path` (one-line errors naming the file)."""
+        from pathlib import Path
+
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise HistoscanInputError(f"{path}: config file not found")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise HistoscanInputError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+        if not isinstance(d, dict):
+            raise HistoscanInputError(f"{path}: not a mapping of option names to values")
+        return d
+
+    @classmethod
+    def load(cls, path: Any) -> Any:
+        """Read a YAML file written by :meth:`save` (or by hand: the same names and checks)."""
+        return cls.from_dict(cls.read_yaml(path), source=str(path))
 
 
 class RangeAction(argparse.Action):
@@ -134,15 +267,3 @@ class RangeAction(argparse.Action):
         if self.deprecated_for:
             print(f"warning: {opt} is deprecated, use {self.deprecated_for}", file=sys.stderr)
         setattr(namespace, self.dest, value)
-
-
-def number(kind: type = float, **bounds: Any) -> dict[str, Any]:
-    """add_argument keywords of a numeric option with its range: ``p.add_argument("--n", **number(int, low=1))``."""
-    return {"action": RangeAction, "bounds": Range(kind, **bounds)}
-
-
-def field_option(cls: type, name: str, default: Any = dataclasses.MISSING) -> dict[str, Any]:
-    """add_argument keywords of the option of dataclass field `name`: its Range and default (or `default`)."""
-    f = cls.__dataclass_fields__[name]
-    default = f.default if default is dataclasses.MISSING else default
-    return {"action": RangeAction, "bounds": f.metadata["range"], "default": default}

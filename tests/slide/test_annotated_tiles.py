@@ -14,7 +14,8 @@ from PIL import Image
 
 from histoscan.data.patchstore import PatchStore
 from histoscan.errors import HistoscanInputError
-from histoscan.slide.annotated import MANIFEST, TilesOptions, make_tiles
+from histoscan.folders import StoreDir
+from histoscan.slide.annotated import TilesOptions, make_tiles
 from histoscan.slide.annotations import read_annotations
 
 CELL = 96
@@ -70,7 +71,7 @@ def test_tiles_are_labelled_by_the_outline_and_grouped_by_slide(slide: tuple[Pat
     k = int(np.argmax(store.labels))
     x, y = xy[k]
     np.testing.assert_array_equal(store.images[k], img[y : y + CELL, x : x + CELL])
-    with (store.path / MANIFEST).open() as f:
+    with StoreDir(store.path).manifest_path.open() as f:
         (row,) = list(csv.DictReader(f))
     assert int(row["tumour"]) == want.sum() and int(row["normal"]) == len(want) - want.sum()
     assert row["annotations"].endswith("tumor_007.geojson") and "tumour" in said[0]

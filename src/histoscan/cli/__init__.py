@@ -1,19 +1,21 @@
 """`histoscan` command line: parses arguments, calls one stage, prints; user errors exit 2 with one line.
 
-Each subcommand lives in its own module here with `register(subparsers)` adding the parser and setting
-`func=run`, where `run(args) -> int` calls a stage function and prints the outcome.
+Each subcommand lives in its own module here with `register(subcommands)`, which adds the command's parser
+(:func:`histoscan.cli.parsing.add_command`) with the options of its dataclasses (:mod:`histoscan.arguments`),
+and `run(args) -> int`, which builds those dataclasses (validated), calls one stage function and prints.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Iterator
 
 from histoscan import __version__
+from histoscan.cli.parsing import Parser, add_verbose, iter_commands, subcommands
 from histoscan.errors import HistoscanInputError
+
+__all__ = ["COMMANDS", "build_parser", "iter_commands", "main"]
 
 # module name in histoscan.cli for each subcommand, in help order
 COMMANDS = [
@@ -34,22 +36,15 @@ COMMANDS = [
 ]
 
 
-VERBOSE_HELP = "log progress details (-v) or debug output (-vv); before or after the command"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors: one line, exit 2 (argparse's own convention)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     """The full parser, with every subcommand whose module is present."""
-    parser = _Parser(
+    parser = Parser(
         prog="histoscan", description="Tumour detection in H&E histopathology patches and slides."
     )
+    parser.flat = True
     parser.add_argument("--version", action="version", version=f"histoscan {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_verbose(parser, after=False)
+    sub = subcommands(parser, "command")
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"histoscan.cli.{name}")
@@ -58,27 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
-    for _, command in iter_commands(parser):  # global options work after the subcommand too
-        command.add_argument(
-            "-v",
-            "--verbose",
-            action="count",
-            dest="verbose_after",
-            default=argparse.SUPPRESS,
-            help=VERBOSE_HELP,
-        )
     return parser
-
-
-def iter_commands(
-    parser: argparse.ArgumentParser, path: str = ""
-) -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    """(command path, parser) of every (sub)command under `parser`, e.g. ("stain fit", its parser)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, command in action.choices.items():
-                yield f"{path} {name}".strip(), command
-                yield from iter_commands(command, f"{path} {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # WARNING by default: a command prints its own start/summary lines, and a user error stays one line
-    verbose = args.verbose + getattr(args, "verbose_after", 0)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no Tip banners
     try:
-        return int(args.func(args) or 0)
+        return int(args.run(args) or 0)
     except HistoscanInputError as e:
         print(f"histoscan {args.command}: error: {e}", file=sys.stderr)
         return 2

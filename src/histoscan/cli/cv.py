@@ -6,38 +6,30 @@ import argparse
 import dataclasses
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from histoscan.arguments import add_options, build
+from histoscan.cli.parsing import add_command
+from histoscan.options.training import CvOptions
 
 if TYPE_CHECKING:
     from histoscan.config import TrainConfig
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `cv` subcommand (train's options, --tta among them, plus --folds)."""
+def register(sub: Any) -> None:
+    """Add the `cv` subcommand (train's options, --tta among them, plus :class:`CvOptions`)."""
     from histoscan.cli.train import add_train_options
-    from histoscan.config import TrainConfig
-    from histoscan.ranges import field_option
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "cv",
+        run,
         help="grouped k-fold cross-validation: a run per fold, pooled metrics with CIs",
         description="Train one run per fold (OUT/fold-<i>), evaluate each on its held-out "
         "patients, pool the predictions into OUT/cv.json.",
     )
     add_train_options(p)
-    p.add_argument(
-        "--folds", **field_option(TrainConfig, "folds", default=5), help="number of grouped folds (default 5)"
-    )
-    p.add_argument(
-        "--use-folds",
-        metavar="K,K,...",
-        help="run only these folds of the split (0-based, e.g. 0 or 0,1): a cheaper screen whose pooled figures "
-        "cover those folds' patches only (default: all)",
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="keep the folds already trained and evaluated in --out"
-    )
-    p.set_defaults(func=run)
+    add_options(p, CvOptions)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,13 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from histoscan.training.crossval import crossval
 
     config = config_from_args(args)
+    o = build(CvOptions, args)
     r = crossval(
-        config,
-        folds=args.folds,
-        force=args.force,
-        echo=_fold_echo,
-        resume=args.resume,
-        use_folds=parse_folds(args.use_folds),
+        config, folds=o.folds, force=bool(args.force), echo=_fold_echo, resume=o.resume, use_folds=o.use_folds
     )
     m = r["pooled"]
     ci = m["ci95"]
@@ -87,15 +75,3 @@ def final_config(config: TrainConfig, out: Path) -> Path:
     path = CvDir(out).final_config_path
     dataclasses.replace(config, out="", folds=None, fold=None, limit_batches=None).save(path)
     return path
-
-
-def parse_folds(text: str | None) -> list[int] | None:
-    """`--use-folds K,K,...` as fold numbers (None stays None); a clear error for anything else."""
-    from histoscan.errors import HistoscanInputError
-
-    if text is None:
-        return None
-    try:
-        return [int(k) for k in text.split(",") if k.strip()]
-    except ValueError:
-        raise HistoscanInputError(f"--use-folds {text}: give fold numbers such as 0 or 0,1") from None

@@ -3,73 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from histoscan.config import TrainConfig
-from histoscan.ranges import field_option, number
-
-
-def add_tta_option(p: argparse.ArgumentParser) -> None:
-    """--tta, shared by evaluate, predict and cv."""
-    p.add_argument(
-        "--tta",
-        type=int,
-        nargs="?",
-        const=8,
-        default=None,
-        choices=[0, 4, 8],
-        help="test-time augmentation: 4 rotations or 8 dihedral views, logits averaged "
-        "(--tta alone = 8; default: the TTA the run was trained to be scored with, its config's tta)",
-    )
+from histoscan.arguments import add_options, build
+from histoscan.cli.parsing import add_command
+from histoscan.options.model import EvaluateOptions
 
 
-def add_inference_options(p: argparse.ArgumentParser, batch_size: int = 256) -> None:
-    """--tta, --batch-size, --backend, --skip-bad and --force, shared by evaluate and predict."""
-    add_tta_option(p)
-    p.add_argument(
-        "--batch-size",
-        **number(int, low=1, high=65_536),
-        default=batch_size,
-        metavar="B",
-        help=f"patches per forward pass, before TTA views (default {batch_size})",
-    )
-    p.add_argument(
-        "--backend",
-        choices=["auto", "torch", "onnx"],
-        default="auto",
-        help="auto (from MODEL: .onnx -> ONNX Runtime, run/ckpt -> torch, CUDA when available), torch, or "
-        "onnx (RUN/model.onnx for a run folder)",
-    )
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted and listed)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `evaluate` subcommand."""
-    p = sub.add_parser(
+def register(sub: Any) -> None:
+    """Add the `evaluate` subcommand (options: :class:`histoscan.options.model.EvaluateOptions`)."""
+    p = add_command(
+        sub,
         "evaluate",
-        help="metrics (with patient-level 95%% CIs) and an HTML report",
+        run,
+        help="metrics (with patient-level 95% CIs) and an HTML report",
         description="Score a trained model on labelled data: metrics.json, predictions.csv, "
         "roc/pr/confusion/calibration plots and a self-contained report.html.",
     )
-    p.add_argument("run", metavar="MODEL", help="run folder, checkpoint or .onnx export")
-    p.add_argument(
-        "--data", required=True, help="labelled source (PCam, Kaggle HCD, manifest, folders) or STORE"
-    )
-    p.add_argument("--out", metavar="DIR", help="output folder (default RUN/eval-<data name>/)")
-    add_inference_options(p)
-    p.add_argument(
-        "--target-sensitivity",
-        **field_option(TrainConfig, "target_sensitivity"),
-        metavar="S",
-        help="re-choose the threshold on the run's validation split to reach sensitivity S",
-    )
-    p.add_argument(
-        "--n-boot",
-        **number(int, low=0, high=1_000_000),
-        default=1000,
-        help="bootstrap resamples for the CIs (0: none; default 1000)",
-    )
-    p.set_defaults(func=run)
+    add_options(p, EvaluateOptions)
 
 
 def _ci(m: dict, key: str) -> str:
@@ -84,17 +35,19 @@ def run(args: argparse.Namespace) -> int:
     )  # lazy: `histoscan --help` stays fast (torch, matplotlib)
     from histoscan.folders import EvalDir
 
+    o = build(EvaluateOptions, args)
     m = evaluate(
-        args.run,
-        args.data,
-        args.out,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        target_sensitivity=args.target_sensitivity,
-        backend=args.backend,
-        n_boot=args.n_boot,
-        force=args.force,
-        skip_bad=args.skip_bad,
+        o.model,
+        o.data,
+        o.out,
+        tta=o.tta,
+        batch_size=o.batch_size,
+        target_sensitivity=o.target_sensitivity,
+        backend=o.backend,
+        n_boot=o.n_boot,
+        force=o.force,
+        skip_bad=o.skip_bad,
+        device=o.device,
         echo=print,
     )
     for line in m["warnings"]:
@@ -117,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"report: {EvalDir(m['out']).report_path}")
     print(
-        f"next: histoscan predict {args.run} --data NEW_DATA --out predictions.csv  # threshold {m['threshold']:.3g}"
+        f"next: histoscan predict {o.model} --data NEW_DATA --out predictions.csv  # threshold {m['threshold']:.3g}"
     )
     return 0

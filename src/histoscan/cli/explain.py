@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from histoscan.arguments import add_options, build
+from histoscan.cli.parsing import add_command
+from histoscan.options.model import ExplainOptions
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `explain` subcommand."""
-    p = sub.add_parser(
+def register(sub: Any) -> None:
+    """Add the `explain` subcommand (options: :class:`histoscan.options.model.ExplainOptions`)."""
+    p = add_command(
+        sub,
         "explain",
+        run,
         help="Grad-CAM heat maps for patch images",
         description=(
             "Explain the predicted class of each image with Grad-CAM: writes DIR/<id>_gradcam.png (patch and "
@@ -16,15 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "maps)."
         ),
     )
-    p.add_argument("model", metavar="RUN_OR_CKPT", help="run folder or checkpoint")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="PNG/TIFF/JPEG patches, or folders of them")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--target-layer", metavar="NAME", help="network layer to explain (default: last conv stage)"
-    )
-    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda[:N]")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder (replacing it)")
-    p.set_defaults(func=run)
+    add_options(p, ExplainOptions)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,13 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from histoscan.explain.gradcam import explain_files
     from histoscan.folders import ExplainDir
 
+    o = build(ExplainOptions, args)
     paths, predictor, warnings = explain_files(
-        args.model, collect_images(args.images), args.out, args.target_layer, args.device, args.force
+        o.model, collect_images(o.images), o.out, o.target_layer, o.device, o.force
     )
     for line in warnings:
         print(f"warning: {line}")
     print(
         f"explained {len(paths)} image(s) with {predictor.card.model}; overlays, {ExplainDir.PROBABILITIES} "
-        f"in {args.out}"
+        f"in {o.out}"
     )
     return 0

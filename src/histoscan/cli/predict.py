@@ -3,47 +3,41 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from histoscan.cli.evaluate import add_inference_options
+from histoscan.arguments import add_options, build
+from histoscan.cli.parsing import add_command
+from histoscan.options.model import PredictOptions
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `predict` subcommand."""
-    p = sub.add_parser(
+def register(sub: Any) -> None:
+    """Add the `predict` subcommand (options: :class:`histoscan.options.model.PredictOptions`)."""
+    p = add_command(
+        sub,
         "predict",
+        run,
         help="probabilities for unlabelled patches (CSV or Kaggle submission)",
         description="Predict tumour probabilities for every patch of DATA.",
     )
-    p.add_argument("run", metavar="MODEL", help="run folder, checkpoint or .onnx export")
-    p.add_argument(
-        "--data", required=True, help="image folder, Kaggle HCD test layout, PCam, manifest or STORE"
-    )
-    p.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
-    p.add_argument(
-        "--format",
-        choices=["csv", "kaggle"],
-        default="csv",
-        help="csv: id,probability,label (label at the run's threshold); kaggle: id,label with "
-        "label = tumour probability, in sample_submission.csv order",
-    )
-    add_inference_options(p)
-    p.set_defaults(func=run)
+    add_options(p, PredictOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print a one-line summary."""
     from histoscan.inference.predict import predict  # lazy: `histoscan --help` stays fast (torch, matplotlib)
 
+    o = build(PredictOptions, args)
     s = predict(
-        args.run,
-        args.data,
-        args.out,
-        fmt=args.format,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        backend=args.backend,
-        skip_bad=args.skip_bad,
-        force=args.force,
+        o.model,
+        o.data,
+        o.out,
+        fmt=o.format,
+        tta=o.tta,
+        batch_size=o.batch_size,
+        backend=o.backend,
+        skip_bad=o.skip_bad,
+        force=o.force,
+        device=o.device,
     )
     if s["n_skipped"]:
         listed = ", ".join(f"{k['source']} ({k['reason']})" for k in s["skipped"][:5])

@@ -3,48 +3,26 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from histoscan.ranges import number
+from histoscan.arguments import add_options, build
+from histoscan.cli.parsing import add_command
+from histoscan.options.data import PrepareOptions
 
 if TYPE_CHECKING:
     from histoscan.data.store import PatchStore
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `prepare` subcommand."""
-    p = sub.add_parser(
+def register(sub: Any) -> None:
+    """Add the `prepare` subcommand (options: :class:`histoscan.options.data.PrepareOptions`)."""
+    p = add_command(
+        sub,
         "prepare",
+        run,
         help="decode a dataset once into a packed store (images.npy + index.csv + meta.json)",
         description="Decode PCam HDF5, Kaggle HCD, a manifest CSV, class or image folders into STORE.",
     )
-    p.add_argument(
-        "data", metavar="DATA", help="source folder or file (format detected), or a STORE to re-pack"
-    )
-    p.add_argument("--out", required=True, metavar="STORE", help="store folder to write")
-    p.add_argument(
-        "--image-size",
-        **number(int, low=8, high=4096),
-        metavar="S",
-        help="patch side in px (default: 96 for PCam/HCD, else the most common size in the data)",
-    )
-    p.add_argument(
-        "--fit",
-        choices=["pad", "resize"],
-        default="pad",
-        help="images of another size: reflect-pad/centre-crop (default) or bilinear resize",
-    )
-    p.add_argument(
-        "--part",
-        choices=["auto", "labelled", "unlabelled"],
-        default="auto",
-        help="Kaggle HCD: train/ (labelled) or test/ (unlabelled); auto: labelled when present",
-    )
-    p.add_argument(
-        "--skip-bad", action="store_true", help="skip unreadable or missing images (counted in meta.json)"
-    )
-    p.add_argument("--force", action="store_true", help="overwrite an existing STORE")
-    p.set_defaults(func=run)
+    add_options(p, PrepareOptions)
 
 
 def summary(store: PatchStore) -> str:
@@ -80,14 +58,9 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the store and print its summary."""
     from histoscan.data.store import prepare  # lazy: numpy, tqdm, PIL and the source readers
 
+    o = build(PrepareOptions, args)
     store = prepare(
-        args.data,
-        args.out,
-        image_size=args.image_size,
-        fit=args.fit,
-        skip_bad=args.skip_bad,
-        force=args.force,
-        part=args.part,
+        o.data, o.out, image_size=o.image_size, fit=o.fit, skip_bad=o.skip_bad, force=o.force, part=o.part
     )
     print(summary(store))
     return 0

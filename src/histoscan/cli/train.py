@@ -8,43 +8,36 @@ from typing import Any
 
 import yaml
 
-from histoscan.config import TrainConfig, add_config_options, config_from_options
+from histoscan.arguments import add_field, add_options
+from histoscan.cli.parsing import add_command
+from histoscan.config import TrainConfig, config_from_options
 from histoscan.errors import HistoscanInputError
+from histoscan.options.training import RunOptions
 from histoscan.training.resume import resumable_text
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Any) -> None:
     """Add the `train` subcommand. Options, help, choices and defaults come from TrainConfig's fields."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "train",
+        run,
         help="train a tumour/normal classifier on a labelled source or store",
         description="Train with a patient/slide-grouped split; writes a run folder.",
     )
     add_train_options(p)
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from checkpoints/last.ckpt with its own settings (RUN/config.yaml; "
-        "--data may be left out): an option not given keeps the run's value, and one given must equal it, "
-        f"except these, which may change (and are recorded): {resumable_text()}",
-    )
-    p.set_defaults(func=run)
+    resume = RunOptions.__dataclass_fields__["resume"]
+    add_field(p, resume, help=f"{resume.metadata['help']}: {resumable_text()}")
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by `train` and `cv`."""
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="YAML of options as in RUN/config.yaml or a tune's best.yaml; options given here override it",
-    )
-    p.add_argument("--data", help=TrainConfig.__dataclass_fields__["data"].metadata["help"] + " (required)")
-    p.add_argument(
-        "--out",
-        help="run folder to create (built aside, moved into place once training starts)",
-    )
-    add_config_options(p)
-    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+def add_train_options(p: Any) -> None:
+    """Options shared by `train`, `cv` and `tune`: --config, --data, --out, every TrainConfig option, --force."""
+    fields = TrainConfig.__dataclass_fields__
+    add_options(p, RunOptions, exclude=("resume", "force"))
+    add_field(p, fields["data"])
+    add_field(p, fields["out"])
+    add_options(p, TrainConfig)
+    add_options(p, RunOptions, exclude=("resume", "config"))
 
 
 def config_from_args(args: argparse.Namespace, required: tuple[str, ...] = ("data", "out")) -> TrainConfig:
@@ -80,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
     """
     from histoscan.training.train import train
 
+    resume = bool(args.resume)
     train(
-        config_from_args(args, required=("out",) if args.resume else ("data", "out")),
-        force=args.force,
-        resume=args.resume,
+        config_from_args(args, required=("out",) if resume else ("data", "out")),
+        force=bool(args.force),
+        resume=resume,
         echo=lambda line: print(line, flush=True),
-        given=given_options(args) if args.resume else None,
+        given=given_options(args) if resume else None,
     )
     return 0

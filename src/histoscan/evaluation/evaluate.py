@@ -101,6 +101,7 @@ def evaluate(
     force: bool = False,
     skip_bad: bool = False,
     echo: Callable[[str], None] | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a trained model on labelled data and write the report.
 
@@ -121,6 +122,7 @@ def evaluate(
         force: overwrite a non-empty output folder.
         skip_bad: skip unreadable images (counted in the report) instead of stopping.
         echo: receives one start line (model, data, patches scored, TTA) before inference.
+        device: where the model runs: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N".
 
     Returns:
         The metrics written to metrics.json (compute_metrics keys plus context: subset, model, data, ...,
@@ -131,7 +133,7 @@ def evaluate(
         n_views(tta)
     if n_boot < 0:
         raise HistoscanInputError(f"--n-boot {n_boot}: must be 0 or more")
-    predictor = load_predictor(model, backend)
+    predictor = load_predictor(model, backend, device)
     tta = run_tta(predictor, tta)
     card = predictor.card
     out_dir = Path(out).expanduser() if out is not None else default_out_dir(predictor, data)

@@ -21,6 +21,8 @@ class StoreDir:
     IMAGES = "images.npy"
     FITTED = "fitted.csv"
     SKIPPED = "skipped.csv"
+    MANIFEST = "manifest.csv"  # a store cut from annotated slides (`histoscan tiles`): one row per slide
+    PARTS = ".parts"  # beside the store while `histoscan tiles` runs: .<store>.parts/<slide id>.npz / .json
     FILES: ClassVar[tuple[str, ...]] = (META, INDEX, IMAGES)  # the files every store has
 
     def __init__(self, path: str | Path):
@@ -28,6 +30,15 @@ class StoreDir:
 
     def __repr__(self) -> str:
         return f"StoreDir({str(self.path)!r})"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / self.MANIFEST
+
+    @property
+    def parts_path(self) -> Path:
+        """Where `histoscan tiles` keeps the slides it has cut until the store is packed (resumable)."""
+        return self.path.parent / f".{self.path.name}{self.PARTS}"
 
     @classmethod
     def is_store(cls, path: str | Path) -> bool:

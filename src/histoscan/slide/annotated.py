@@ -3,7 +3,7 @@
 Each slide's tissue is tiled at the patch resolution (PCam's 0.972 µm/px and 96 px by default); each tile is
 labelled from the slide's outlines (slide/annotations.py: PCam's centre rule, or an area fraction) and goes into
 the store with group = slide id, so `train`, `cv` and `tune` split by slide. Slides are cut one at a time into
-parts kept beside the store (``.<store>.parts/``), so an interrupted run continues with the next slide; the store
+parts kept beside the store (StoreDir.parts_path), so an interrupted run continues with the next slide; the store
 is packed from the parts at the end, with a manifest of what each slide gave, skipped and warned.
 """
 
@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -29,7 +28,8 @@ from histoscan.data.images import Fit
 from histoscan.data.patchstore import PatchStore
 from histoscan.data.store import pack_source
 from histoscan.errors import HistoscanInputError
-from histoscan.ranges import check_ranges, ranged
+from histoscan.folders import StoreDir
+from histoscan.ranges import Options, opt
 from histoscan.slide.annotations import (
     SlideAnnotations,
     annotation_for,
@@ -41,33 +41,45 @@ from histoscan.slide.io import open_slide
 from histoscan.slide.tiles import plan_grid, stream_tiles, tile_tissue_fraction, tissue_mask
 from histoscan.utils.fs import guard_output
 
-MANIFEST = "manifest.csv"  # in the store: one row per slide
 MANIFEST_COLUMNS = ["slide", "annotations", "tissue_tiles", "tumour", "normal", "skipped_unannotated", "warnings"]
 
 
 @dataclass
-class TilesOptions:
-    """How annotated slides are cut into labelled tiles; every default of `histoscan tiles` lives here."""
+class TilesOptions(Options):
+    """How annotated slides are cut into labelled tiles. Every default, range and help of `histoscan tiles`."""
 
-    mpp: float = ranged(0.972, float, low=0, low_open=True, high=1000)  # tile µm/px (PCam: 0.972)
-    size: int = ranged(96, int, low=8, high=4096)  # tile side in px at `mpp`
-    stride: int | None = ranged(None, int, low=1, high=4096)  # tile step in px at `mpp` (None: `size`)
-    label_rule: Literal["centre", "fraction"] = "centre"
-    centre: int = ranged(32, int, low=1, high=4096)  # side of the central square the centre rule looks at
-    fraction: float = ranged(0.5, float, low=0, low_open=True, high=1)  # tumour share for the fraction rule
-    unannotated: Literal["normal", "skip"] = "normal"
-    label_map: str | None = None  # NAME=LABEL,... over slide.annotations.DEFAULT_LABELS
-    min_tissue: float = ranged(0.5, float, low=0, high=1)  # tissue share a tile needs to be taken
-    slide_mpp: float | None = ranged(None, float, low=0, low_open=True, high=1000)  # overrides the files'
-    read_threads: int = ranged(2, int, low=1, high=256)
-    force: bool = False
+    mpp: float = opt(0.972, "tile µm/px (PCam: 0.972)", kind=float, low=0, low_open=True, high=1000)
+    size: int = opt(96, "tile side in px at --mpp (PCam: 96)", kind=int, low=8, high=4096)
+    stride: int | None = opt(None, "tile step in px at --mpp (default: the tile size)", kind=int, low=1, high=4096)
+    label_rule: str = opt(
+        "centre",
+        "tumour when any tumour pixel lies in the tile's central --centre px square (PCam's rule), or when at "
+        "least --fraction of the tile is tumour",
+        choices=("centre", "fraction"),
+    )
+    centre: int = opt(32, "side of the central square the centre rule looks at, px", kind=int, low=1, high=4096)
+    fraction: float = opt(
+        0.5, "tumour share of a tile for --label-rule fraction", kind=float, low=0, low_open=True, high=1
+    )
+    unannotated: str = opt(
+        "normal",
+        "tissue outside every outline: normal (Camelyon's convention) or skip (partly annotated slides)",
+        choices=("normal", "skip"),
+    )
+    label_map: str | None = opt(
+        None,
+        "NAME=LABEL,... class names to tumour / normal / ignore, over the defaults (Camelyon _0 _1 _2 Tumor "
+        "metastases Exclusion; QuPath Tumor Normal Stroma Other)",
+        metavar="MAP",
+    )
+    min_tissue: float = opt(0.5, "tissue share a tile needs to be taken", kind=float, low=0, high=1)
+    slide_mpp: float | None = opt(
+        None, "the slides' level-0 µm/px, overriding their metadata", kind=float, low=0, low_open=True, high=1000
+    )
+    read_threads: int = opt(2, "tile-reading threads", kind=int, low=1, high=256)
+    force: bool = opt(False, cli=False)  # set from the command's --force
 
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        if self.label_rule not in ("centre", "fraction"):
-            raise HistoscanInputError(f"--label-rule {self.label_rule}: choose centre or fraction")
-        if self.unannotated not in ("normal", "skip"):
-            raise HistoscanInputError(f"--unannotated {self.unannotated}: choose normal or skip")
+    def check(self) -> None:
         if self.centre > self.size:
             raise HistoscanInputError(f"--centre {self.centre}: at most the tile size {self.size}")
         parse_label_map(self.label_map)  # a bad map fails before any slide is read
@@ -194,7 +206,7 @@ def make_tiles(
         raise HistoscanInputError(f"tiles: two slides share the id {twice[0]} (file name without extension)")
     out = Path(out).expanduser()
     guard_output(out, opts.force, "folder", "--out")  # checked before any slide is cut
-    work = out.parent / f".{out.name}.parts"
+    work = StoreDir(out).parts_path
     work.mkdir(parents=True, exist_ok=True)
     key, rows, parts = opts.key(), [], []
     for i, (slide, sid) in enumerate(zip(paths, ids, strict=True)):
@@ -230,6 +242,6 @@ def make_tiles(
                           opts.mpp, opts.size)  # fmt: skip
     if not len(source):
         raise HistoscanInputError(f"tiles: no tiles taken from {len(paths)} slide(s) (see the lines above)")
-    store = pack_source(source, out, opts.size, key, force=opts.force, extra={MANIFEST: manifest.getvalue()})
+    store = pack_source(source, out, opts.size, key, force=opts.force, extra={StoreDir.MANIFEST: manifest.getvalue()})
     shutil.rmtree(work, ignore_errors=True)
     return store

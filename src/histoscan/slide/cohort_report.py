@@ -59,8 +59,8 @@ _HEAD = (
 def _links(sid: str) -> dict[str, str]:
     """A finished slide's files the index links to, relative to index.html."""
     f = SlideDir(sid)
-    return {k: getattr(f, a).as_posix() for k, a in
-            (("thumbnail", "thumbnail"), ("overlay", "overlay"), ("summary", "summary_path"), ("regions", "regions"))}  # fmt: skip
+    files = {"thumbnail": f.thumbnail, "overlay": f.overlay, "summary": f.summary_path, "regions": f.regions}
+    return {k: p.as_posix() for k, p in files.items()}
 
 
 def write_index(out: Path, rows: list[dict], title: str, note: str) -> Path:

@@ -8,14 +8,14 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 
 from histoscan.errors import HistoscanInputError
 from histoscan.folders import SlideDir
-from histoscan.ranges import check_ranges, ranged
+from histoscan.ranges import Options, opt
 
 if TYPE_CHECKING:
     from histoscan.slide.io import SlideReader
@@ -24,8 +24,8 @@ OUTPUTS = SlideDir.OUTPUTS  # what `histoscan slide` writes (the names: SlideDir
 
 
 @dataclass
-class SlideOptions:
-    """How a slide is mapped. Every default of `histoscan slide` lives here.
+class SlideOptions(Options):
+    """How a slide is mapped. Every default, range and help text of `histoscan slide` / `slides` lives here.
 
     `mpp` is the SLIDE's level-0 µm/px (overrides the file's metadata); the patch µm/px comes from the
     model, or `model_mpp` when the run recorded none. `stride` is the tile step in model pixels (None: half
@@ -35,26 +35,52 @@ class SlideOptions:
     mosaics of held-out PCam patches (benchmarks/bench_maps.py, docs/benchmarks.md).
     """
 
-    # each range is declared here once: `histoscan slide/slides` check it as an option is parsed, __post_init__
-    # when a SlideOptions is built from Python
-    mpp: float | None = ranged(None, float, low=0, low_open=True, high=1000)
-    model_mpp: float | None = ranged(None, float, low=0, low_open=True, high=1000)
-    stride: int | None = ranged(None, int, low=1, high=4096)  # and at most the model's tile size
-    smooth: float = ranged(0.75, float, low=0, high=100)
-    threshold: float | None = ranged(None, float, low=0, high=1)  # None: the run's threshold.json
-    batch_size: int = ranged(64, int, low=1, high=65_536)
-    level: int | None = ranged(None, int, low=0, high=100)  # None: the coarsest not coarser than the model's
-    min_tissue: float = ranged(0.25, float, low=0, high=1)  # fraction of a tile that must be tissue
-    explain: int = ranged(0, int, low=0, high=10_000)  # Grad-CAM for the top-k tumour tiles
-    force: bool = False
-    read_threads: int = ranged(2, int, low=1, high=256)  # tile-reading threads per slide
-    prefetch: int = ranged(4, int, low=1, high=1024)  # ready batches queued ahead of the model
-    reader: str = "auto"  # "auto" | "openslide" | "tifffile"
+    # each field is the CLI option of `histoscan slide/slides` (histoscan.arguments builds it); its range is
+    # checked as the option is parsed, and by __post_init__ when a SlideOptions is built from Python
+    mpp: float | None = opt(
+        None,
+        "the SLIDE's level-0 µm/px, overriding its metadata (required when the slide records none); the patch "
+        "µm/px comes from the model",
+        kind=float, low=0, low_open=True, high=1000,
+    )  # fmt: skip
+    model_mpp: float | None = opt(
+        None, "µm/px of the training patches when the run records none (PCam: 0.972)",
+        kind=float, low=0, low_open=True, high=1000,
+    )  # fmt: skip
+    stride: int | None = opt(
+        None,
+        "tile step in model pixels, at most the tile size (default: half the tile size); below the tile size "
+        "the tiles overlap and each heatmap cell (one per step) is the mean of the tiles covering it; the tile "
+        "size (e.g. 96) classifies 4x fewer tiles",
+        kind=int,
+        low=1,
+        high=4096,
+    )  # fmt: skip  (and at most the model's tile size, checked when it is known)
+    smooth: float = opt(
+        0.75, "Gaussian smoothing of the heatmap's logits over the tissue, sigma in tile widths (0: off)",
+        kind=float, low=0, high=100, metavar="SIGMA",
+    )  # fmt: skip
+    threshold: float | None = opt(None, "tumour threshold (default: the run's)", kind=float, low=0, high=1)
+    batch_size: int = opt(64, "tiles per batch", kind=int, low=1, high=65_536)
+    level: int | None = opt(
+        None, "pyramid level to read (default: best for the mpp)", kind=int, low=0, high=100
+    )  # None: the coarsest not coarser than the model's
+    min_tissue: float = opt(0.25, "tissue fraction to classify a tile", kind=float, low=0, high=1)
+    explain: int = opt(
+        0,
+        "Grad-CAM of the top-K tumour tiles (of the K most probable tiles, marked below-threshold, when no "
+        "tile reaches the threshold)",
+        kind=int, low=0, high=10_000, metavar="K",
+    )  # fmt: skip
+    force: bool = opt(False, cli=False)  # set from the command's --force
+    read_threads: int = opt(2, "tile-reading threads per slide", kind=int, low=1, high=256, metavar="N")
+    # ready batches queued ahead of the model
+    prefetch: int = opt(4, kind=int, low=1, high=1024, cli=False)
+    reader: Literal["auto", "openslide", "tifffile"] = opt(
+        "auto", "slide reader", choices=("auto", "openslide", "tifffile")
+    )
     # min longer side of the mask/overlay thumbnail (grown to >= 8 px per tile)
-    thumbnail_size: int = ranged(1024, int, low=16, high=65_536)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
+    thumbnail_size: int = opt(1024, kind=int, low=16, high=65_536, cli=False)
 
 
 def default_stride(image_size: int) -> int:
