@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from histoscan.folders import OWNERS
+from histoscan.ranges import opt
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNED = [REPO / "src" / "histoscan", REPO / "benchmarks"]
@@ -72,14 +73,16 @@ def _matches(part: str, name: str) -> bool:
 
 
 def _help_positions(tree: ast.AST) -> dict[str, int]:
-    """Functions defined in the module that take a help text: name -> the help parameter's position."""
-    return {
+    """Functions that take a help text: name -> the help parameter's position (those defined in the module, and
+    histoscan.ranges.opt, the option-field declaration every options module imports)."""
+    own = {
         node.name: [a.arg for a in node.args.posonlyargs + node.args.args].index(key)
         for node in ast.walk(tree)
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
         for key in HELP_KEYWORDS
         if key in [a.arg for a in node.args.posonlyargs + node.args.args]
     }
+    return {"opt": list(inspect.signature(opt).parameters).index("help"), **own}
 
 
 def _skipped_nodes(tree: ast.AST) -> set[int]:

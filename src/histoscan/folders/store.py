@@ -21,7 +21,7 @@ class StoreDir:
     IMAGES = "images.npy"
     FITTED = "fitted.csv"
     SKIPPED = "skipped.csv"
-    MANIFEST = "manifest.csv"  # a store cut from annotated slides (`histoscan tiles`): one row per slide
+    MANIFEST = "tiles-by-slide.csv"  # a store cut from annotated slides (`histoscan tiles`): one row per slide
     PARTS = ".parts"  # beside the store while `histoscan tiles` runs: .<store>.parts/<slide id>.npz / .json
     FILES: ClassVar[tuple[str, ...]] = (META, INDEX, IMAGES)  # the files every store has
 
