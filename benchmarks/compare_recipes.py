@@ -30,11 +30,11 @@ from _common import replace_block
 
 from histoscan.cli.cv import parse_folds
 from histoscan.config import TrainConfig, config_from_options
+from histoscan.cv.crossval import crossval
 from histoscan.data.splits import make_folds
 from histoscan.data.store import resolve_store
 from histoscan.evaluation.compare import paired_bootstrap
-from histoscan.evaluation.metrics import compute_metrics, select_threshold
-from histoscan.training.crossval import crossval
+from histoscan.scoring.metrics import compute_metrics, select_threshold
 
 RECIPES: dict[str, dict[str, object]] = {
     # the seed recipes are pinned field by field, so they stay the seeds' when histoscan's defaults change

@@ -24,11 +24,11 @@ import numpy as np
 from _common import replace_block
 from compare_recipes import parse_fields, recipe_config
 
+from histoscan.cv.crossval import crossval
 from histoscan.data.detect import detect_source
 from histoscan.data.splits import make_folds
 from histoscan.evaluation.compare import paired_bootstrap
 from histoscan.evaluation.evaluate import evaluate
-from histoscan.training.crossval import crossval
 from histoscan.training.train import train
 
 

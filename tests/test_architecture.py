@@ -1,8 +1,8 @@
 """The layering of histoscan's subpackages, checked by import-linter (`[tool.importlinter]` in pyproject.toml).
 
-Top to bottom: cli; serve | bench; training; slide | export; evaluation | explain; inference; run;
-models | data; stain; config; utils; errors. A module may import from the layers below it, never from those
-above, and `|` siblings not from each other.
+Top to bottom: cli; cv; the stages (training, evaluation, explain, export, slide, serve, bench); gradcam;
+inference (the model seam); run; models; stain; data; scoring; config; ranges; utils; errors. A module may
+import from the layers below it, never from those above; no stage imports another (an independence contract).
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from histoscan.errors import HistoscanInputError
-from histoscan.explain.cam import cam_maps, resolve_method, tiles_exactly
 from histoscan.explain.fidelity import (
     blurred,
     centre_composites,
@@ -21,6 +20,7 @@ from histoscan.explain.fidelity import (
     smooth_random_maps,
     wilson_ci,
 )
+from histoscan.gradcam.cam import cam_maps, resolve_method, tiles_exactly
 from histoscan.models.classifier import PatchClassifier
 
 S = 32
@@ -198,7 +198,7 @@ def test_explain_images_says_no_localised_evidence_for_a_blank_patch(tmp_path, m
     """The figure of a flat map carries the note; gradcam.npz keeps one (blank) map per input with the flag."""
     from run_fixtures import make_run
 
-    import histoscan.explain.gradcam as gc
+    import histoscan.gradcam.images as gc
     from histoscan.inference.predictor import TorchPredictor, load_predictor
 
     card = load_predictor(make_run(tmp_path / "run", image_size=S)).card

@@ -23,8 +23,8 @@ from histoscan.slide.mapping import (
     map_slide,
     plan_grid,
     stream_tiles,
-    tissue_mask,
 )
+from histoscan.stain.tissue import thumbnail_tissue_mask
 
 PINK, PURPLE = (230, 150, 200), (120, 60, 160)
 
@@ -102,10 +102,10 @@ def test_grid_rings_pinched_shell() -> None:
 def test_tissue_mask_blob_and_blank() -> None:
     img = np.full((200, 300, 3), 240, np.uint8)
     img[50:150, 100:250] = PINK
-    mask = tissue_mask(img)
+    mask = thumbnail_tissue_mask(img)
     assert mask[60:140, 110:240].all() and not mask[:40].any() and not mask[:, :90].any()
     assert abs(mask.sum() - 100 * 150) < 0.02 * 100 * 150
-    assert not tissue_mask(np.full((100, 100, 3), 245, np.uint8)).any()
+    assert not thumbnail_tissue_mask(np.full((100, 100, 3), 245, np.uint8)).any()
 
 
 def _write_tiff(
@@ -192,7 +192,7 @@ def cmu_map(darkness, slides: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("cmu") / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(
-            sys.modules, "histoscan.explain.gradcam", types.SimpleNamespace(explain_images=explain_images)
+            sys.modules, "histoscan.gradcam.images", types.SimpleNamespace(explain_images=explain_images)
         )
         opts = SlideOptions(explain=3, stride=32, smooth=0)
         s = map_slide(darkness, slides / "cmu-1-small-region.svs", out, opts, False)

@@ -28,7 +28,8 @@ from histoscan.slide.mosaic import (
     score_map,
     truth_under_cells,
 )
-from histoscan.slide.tiles import TileGrid, average_tiles, smooth_heat, tiles_covering, tissue_mask
+from histoscan.slide.tiles import TileGrid, average_tiles, smooth_heat, tiles_covering
+from histoscan.stain.tissue import thumbnail_tissue_mask
 
 # the bounds a working mapping meets with an oracle model; tissue missed is ~2 % at stride 96 and ~5 % at 48 on
 # this mosaic (48 px quarters of fat-rich patches that are mostly white), 14-58 % when the map is misplaced
@@ -215,7 +216,7 @@ def test_tissue_mask_keeps_pale_tissue() -> None:
     img = np.full((200, 300, 3), 241, np.uint8)
     img[20:180, 20:140] = (120, 60, 160)  # dark tissue
     img[20:180, 160:280] = (236, 214, 230)  # pale tissue (saturation ~24): Otsu alone splits it off
-    mask = tissue_mask(img)
+    mask = thumbnail_tissue_mask(img)
     assert mask[30:170, 30:130].all() and mask[30:170, 170:270].all() and not mask[:, 145:155].any()
 
 

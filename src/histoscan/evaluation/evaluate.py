@@ -12,14 +12,15 @@ import numpy as np
 
 from histoscan.data.store import PatchStore, require_labelled
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.calibration import calibration_report
-from histoscan.evaluation.metrics import choose_run_threshold, compute_metrics
 from histoscan.evaluation.report import write_figures, write_report
-from histoscan.inference.domain import domain_warnings
 from histoscan.inference.predict import fitted_column, fitted_summary, skipped_files, store_for_model
 from histoscan.inference.predictor import BackendName, Predictor, load_predictor
 from histoscan.inference.tta import infer, n_views, run_tta
 from histoscan.run import RunDir
+from histoscan.scoring import DEFAULT_THRESHOLD
+from histoscan.scoring.calibration import calibration_report
+from histoscan.scoring.metrics import choose_run_threshold, compute_metrics
+from histoscan.stain.domain import domain_warnings
 from histoscan.utils.fs import atomic_path, atomic_write_json, staged_folder
 from histoscan.utils.numeric import sigmoid
 
@@ -189,7 +190,7 @@ def _evaluate_into(
         threshold = chosen["threshold"]
         source = f"validation split at target sensitivity {target_sensitivity} ({chosen['method']})"
     elif source.startswith("default"):
-        notes.append("The run has no threshold.json: the default threshold 0.5 is used.")
+        notes.append(f"The run has no threshold.json: the default threshold {DEFAULT_THRESHOLD:g} is used.")
     if echo is not None:
         echo(
             f"evaluate: {card.describe()} on {data}: {len(rows)} patches ({int(y.sum())} tumour; {subset}), "

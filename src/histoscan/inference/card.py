@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from histoscan.config import TrainConfig
+from histoscan.scoring import DEFAULT_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,9 @@ class ModelCard:
 
 
 def threshold_fields(info: dict[str, Any] | None) -> tuple[float, str]:
-    """(threshold, source) from a run's threshold.json record (None: the default 0.5, said so)."""
+    """(threshold, source) from a run's threshold.json record (None: the default threshold, said so)."""
     if info is None:
-        return 0.5, "default 0.5 (the run has no threshold.json)"
+        return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD:g} (the run has no threshold.json)"
     method = info.get("method", "?")
     on = "calibrated validation probabilities" if info.get("calibrated") else "the validation split"
     return float(info["threshold"]), f"threshold.json: {method}, chosen on {on}"

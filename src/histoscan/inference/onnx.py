@@ -14,6 +14,7 @@ from histoscan.errors import HistoscanInputError
 from histoscan.inference.base import Predictor
 from histoscan.inference.card import ModelCard
 from histoscan.run import RunDir
+from histoscan.scoring import DEFAULT_THRESHOLD
 
 INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probabilities")
 
@@ -95,12 +96,12 @@ class OnnxPredictor(Predictor):
         }
         self.card = ModelCard(
             **facts,
-            threshold=float(raw.get("threshold", 0.5)),
+            threshold=float(raw.get("threshold", DEFAULT_THRESHOLD)),
             threshold_source=raw.get(
                 "threshold_source",
                 "ONNX metadata (chosen on the run's validation split)"
                 if "threshold" in raw
-                else "default 0.5 (the ONNX model carries no threshold)",
+                else f"default {DEFAULT_THRESHOLD:g} (the ONNX model carries no threshold)",
             ),
             normalisation=raw.get("normalisation", "imagenet mean/std on [0,1] RGB"),
             stain=raw.get("stain", "none"),
@@ -111,6 +112,17 @@ class OnnxPredictor(Predictor):
             config=_config(raw, facts),
             temperature=float(raw.get("temperature", 1.0)),  # inside the graph already; said, not applied
         )
+
+    def training_data(self) -> dict | None:
+        """RUN/data.json when the export lies in its run folder, else the export's training_data metadata."""
+        info = super().training_data()
+        if info:
+            return info
+        try:
+            info = json.loads(self.raw.get("training_data") or "{}")
+        except (ValueError, TypeError):
+            return None
+        return info if isinstance(info, dict) else None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)

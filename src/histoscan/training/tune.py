@@ -30,10 +30,11 @@ import numpy as np
 from histoscan.config import TrainConfig, option_name
 from histoscan.data.store import resolve_store
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.metrics import compute_metrics
 from histoscan.inference.predictor import load_torch_predictor
 from histoscan.inference.tta import infer
 from histoscan.run import RunDir
+from histoscan.scoring import DEFAULT_THRESHOLD
+from histoscan.scoring.metrics import compute_metrics
 from histoscan.training.progress import Echo
 from histoscan.training.train import train
 from histoscan.utils.fs import atomic_path, atomic_write_text, guard_output
@@ -86,7 +87,7 @@ def _fold_auc(run: Path, store: Any) -> float:
     split = RunDir(run).read_split()
     rows = np.array([i for i, pid in enumerate(store.ids) if split.get(pid) == "test"], dtype=np.int64)
     probs = sigmoid(infer(load_torch_predictor(run), store.images, rows, desc="fold test"))
-    auc = compute_metrics(store.labels[rows].astype(int), probs, 0.5, n_boot=0)["auc"]
+    auc = compute_metrics(store.labels[rows].astype(int), probs, DEFAULT_THRESHOLD, n_boot=0)["auc"]
     return float("nan") if auc is None else float(auc)
 
 
