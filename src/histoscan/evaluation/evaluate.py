@@ -115,13 +115,14 @@ def evaluate(
     force: bool = False,
     skip_bad: bool = False,
     echo: Callable[[str], None] | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a trained model on labelled data and write the report.
 
     The decision threshold is the run's (threshold.json, chosen on the validation split) applied unchanged;
-    0.5 when the run has none (said in the report). With `target_sensitivity`, the threshold is re-chosen on
-    the run's validation split at that sensitivity — never on the data evaluated. If DATA is the run's own
-    training store, only its held-out test rows are scored.
+    DEFAULT_THRESHOLD (0.5) when the run has none (said in the report). With `target_sensitivity`, the
+    threshold is re-chosen on the run's validation split at that sensitivity — never on the data evaluated.
+    If DATA is the run's own training store, only its held-out test rows are scored.
 
     Args:
         model: run folder, checkpoint or .onnx export.
@@ -135,6 +136,8 @@ def evaluate(
         force: overwrite a non-empty output folder.
         skip_bad: skip unreadable images (counted in the report) instead of stopping.
         echo: receives one start line (model, data, patches scored, TTA) before inference.
+        device: "auto" (a GPU when the backend can use one), "cpu" or "cuda", the same for torch and ONNX
+            models (:func:`histoscan.inference.predictor.load_predictor`).
 
     Returns:
         The metrics written to metrics.json (compute_metrics keys plus context: subset, model, data, ...,
@@ -145,7 +148,7 @@ def evaluate(
         n_views(tta)
     if n_boot < 0:
         raise HistoscanInputError(f"--n-boot {n_boot}: must be 0 or more")
-    predictor = load_predictor(model, backend)
+    predictor = load_predictor(model, backend, device)
     tta = run_tta(predictor, tta)
     card = predictor.card
     out_dir = Path(out).expanduser() if out is not None else default_out_dir(predictor, data)

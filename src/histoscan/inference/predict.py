@@ -132,6 +132,7 @@ def predict(
     backend: BackendName = "auto",
     skip_bad: bool = False,
     force: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Tumour probabilities for every patch of DATA (labels, if any, are ignored), written to `out`.
 
@@ -146,6 +147,8 @@ def predict(
         backend: "auto" (from MODEL), "torch" or "onnx".
         skip_bad: skip unreadable images (counted and listed in the summary) instead of stopping.
         force: overwrite an existing `out`.
+        device: "auto" (a GPU when the backend can use one), "cpu" or "cuda", the same for torch and ONNX
+            models (:func:`histoscan.inference.predictor.load_predictor`).
 
     Returns:
         Summary: n, out, format, threshold, threshold_source, n_positive (at the threshold), mean_probability,
@@ -158,7 +161,7 @@ def predict(
     if tta is not None:
         n_views(tta)
     out = guard_output(out, force, "file")
-    predictor = load_predictor(model, backend)
+    predictor = load_predictor(model, backend, device)
     tta = run_tta(predictor, tta)
     card = predictor.card
     store = store_for_model(data, card, "unlabelled", skip_bad)

@@ -120,7 +120,7 @@ def load_torch_predictor(path: str | Path, device: str | None = "auto") -> Torch
 
 
 def load_predictor(
-    path: str | Path, backend: BackendName = "auto", device: str | None = "auto", threads: int | None = None
+    path: str | Path, backend: BackendName = "auto", device: str = "auto", threads: int | None = None
 ) -> Predictor:
     """A Predictor for MODEL: a run folder, a checkpoint, a .onnx export, or a `histoscan cv` folder (ensemble).
 
@@ -128,7 +128,9 @@ def load_predictor(
         path: run folder (torch; with backend "onnx" its model.onnx), checkpoint file (torch), .onnx (onnx), or a
             cross-validation folder whose fold-*/ runs are averaged as one model.
         backend: "auto" picks from `path`; "torch" or "onnx" force one.
-        device: torch device ("auto": CUDA when available).
+        device: "auto" (a GPU when the backend can use one), "cpu" or "cuda[:N]", the same for every backend:
+            the torch device, or ONNX Runtime's execution providers
+            (:func:`histoscan.utils.device.onnx_providers`); "cuda" without a GPU is a one-line error.
         threads: ONNX Runtime intra-op threads (default: the cores).
     """
     p = Path(path).expanduser()
@@ -157,5 +159,5 @@ def load_predictor(
             raise HistoscanInputError(
                 f"{p}: --backend onnx needs a .onnx file or a run folder holding model.onnx"
             )
-        return OnnxPredictor(onnx_path, threads=threads, source=p)
+        return OnnxPredictor(onnx_path, threads=threads, source=p, device=device or "auto")
     return load_torch_predictor(p, device)
