@@ -20,7 +20,7 @@ from histoscan.errors import HistoscanInputError
 from histoscan.inference.base import Predictor
 from histoscan.inference.card import ModelCard, threshold_fields
 from histoscan.inference.ensemble import EnsemblePredictor, member_runs
-from histoscan.models.classifier import NORMALISATION, PatchClassifier, build_classifier
+from histoscan.models.classifier import NORMALISATION, PatchClassifier, build_classifier, saved_model_config
 from histoscan.run import RunDir
 from histoscan.utils.device import torch_device
 
@@ -68,7 +68,7 @@ def load_checkpoint(ckpt_path: Path) -> tuple[PatchClassifier, TrainConfig, dict
     if "config" not in hp or "state_dict" not in ckpt:
         raise HistoscanInputError(f"{ckpt_path}: not a histoscan checkpoint (no config/state_dict)")
     config = TrainConfig.from_dict(hp["config"], source=str(ckpt_path))
-    clf = build_classifier(config, weights=False)
+    clf = build_classifier(saved_model_config(config), weights=False)
     state = {
         k.removeprefix("classifier."): v for k, v in ckpt["state_dict"].items() if k.startswith("classifier.")
     }

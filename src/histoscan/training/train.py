@@ -21,7 +21,8 @@ from histoscan.data.store import PatchStore, require_labelled, resolve_store, wr
 from histoscan.errors import HistoscanInputError, Interrupted
 from histoscan.inference.predictor import load_torch_predictor
 from histoscan.inference.tta import infer
-from histoscan.models import REGISTRY, check_model_name
+from histoscan.models import REGISTRY, check_model_options
+from histoscan.models.classifier import model_kwargs
 from histoscan.run import RunDir
 from histoscan.scoring.calibration import fit_decision
 from histoscan.training.module import PatchModule
@@ -115,7 +116,7 @@ def train(
         config = resume_config(saved, config, given)  # refused here: nothing has been written
         record = rank == 0 and changed(saved, config)
     else:
-        check_model_name(config.model)
+        check_model_options(config.model, **model_kwargs(config))  # a model rejects an option it ignores
         if rank == 0:
             guard_output(config.out, force, "folder", "--out")
     placement(config)  # a bad --accelerator/--devices fails before any data is prepared
