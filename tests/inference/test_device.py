@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,29 @@ def test_stage_entries_pass_the_device_on(exported, tmp_path: Path) -> None:
         with pytest.raises(HistoscanInputError, match=r"^--device cuda"):
             predict(onnx, folder, tmp_path / "q.csv", device="cuda")
         assert not (tmp_path / "q.csv").exists()
+
+
+def test_an_onnx_model_cannot_be_explained_said_once(exported, tmp_path: Path) -> None:
+    """explain, slide --explain and serve share Predictor.require_explainable: one exception, one message."""
+    from histoscan.explain.gradcam import explain_files
+    from histoscan.inference.base import ExplainUnavailable
+
+    run, onnx = exported
+    load_predictor(run, device="cpu").require_explainable()  # a PyTorch model: no error
+    predictor = load_predictor(onnx, device="cpu")
+    with pytest.raises(
+        ExplainUnavailable,
+        match=rf"^{re.escape(str(onnx))}: Grad-CAM needs the PyTorch model .*not an ONNX export$",
+    ):
+        predictor.require_explainable()
+    with pytest.raises(
+        ExplainUnavailable, match=r"^model.onnx: Grad-CAM needs"
+    ):  # the server names the file only
+        predictor.require_explainable("model.onnx")
+    image = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    with pytest.raises(HistoscanInputError, match="not an ONNX export$"):
+        explain_files(onnx, [image], tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 import types
@@ -48,6 +49,8 @@ def slides(shared_data: Path) -> Path:
 
 class DarknessPredictor(Predictor):
     """Known pattern: tiles darker than mid-grey are 'tumour' (logit +-6); the card of a real 32 px run."""
+
+    can_explain = True  # --explain runs a recording explain_images in its place (cmu_map)
 
     def __init__(self, card):
         self.card = card
@@ -387,3 +390,16 @@ def test_map_slide_overlapping_stride_cells(darkness, tmp_path: Path) -> None:
     feats = json.loads((tmp_path / "o" / "regions.geojson").read_text())["features"]
     area = sum(_polygon_area(f["geometry"]["coordinates"]) for f in feats)
     assert area == s["n_tumour_tiles"] * 64**2 > 0
+
+
+def test_explain_with_an_onnx_model_is_refused_before_the_slide_is_read(model32, tmp_path) -> None:
+    """slide --explain with a model Grad-CAM cannot run on: the one message, and nothing read or written."""
+    from histoscan.inference.base import ExplainUnavailable
+
+    onnx_like = DarknessPredictor(dataclasses.replace(model32.card, backend="onnx"))
+    onnx_like.can_explain = False
+    out = tmp_path / "out"
+    refused = r"Grad-CAM needs the PyTorch model \(run folder or .ckpt\), not an ONNX export$"
+    with pytest.raises(ExplainUnavailable, match=refused):
+        map_slide(onnx_like, tmp_path / "no-such-slide.svs", out, SlideOptions(explain=2), False)
+    assert not out.exists()

@@ -71,6 +71,8 @@ def map_slide(
         The summary written to summary.json.
     """
     opts = options or SlideOptions()
+    if opts.explain:
+        predictor.require_explainable()  # an ONNX model: said before the slide is read, not after
     guard_output(out, opts.force, "folder", "--out")
     reader = open_slide(slide, opts.mpp, opts.reader)
     try:
