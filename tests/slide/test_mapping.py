@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import sys
 import types
@@ -392,14 +391,14 @@ def test_map_slide_overlapping_stride_cells(darkness, tmp_path: Path) -> None:
     assert area == s["n_tumour_tiles"] * 64**2 > 0
 
 
-def test_explain_with_an_onnx_model_is_refused_before_the_slide_is_read(model32, tmp_path) -> None:
+def test_explain_with_an_onnx_model_is_refused_before_the_slide_is_read(run32: Path, tmp_path: Path) -> None:
     """slide --explain with a model Grad-CAM cannot run on: the one message, and nothing read or written."""
+    from histoscan.export.onnx import export_onnx
     from histoscan.inference.base import ExplainUnavailable
 
-    onnx_like = DarknessPredictor(dataclasses.replace(model32.card, backend="onnx"))
-    onnx_like.can_explain = False
+    onnx = load_predictor(export_onnx(run32, tmp_path / "m.onnx"), device="cpu")
     out = tmp_path / "out"
-    refused = r"Grad-CAM needs the PyTorch model \(run folder or .ckpt\), not an ONNX export$"
+    refused = r"m.onnx: Grad-CAM needs the PyTorch model \(run folder or .ckpt\), not an ONNX export$"
     with pytest.raises(ExplainUnavailable, match=refused):
-        map_slide(onnx_like, tmp_path / "no-such-slide.svs", out, SlideOptions(explain=2), False)
+        map_slide(onnx, tmp_path / "no-such-slide.svs", out, SlideOptions(explain=2), False)
     assert not out.exists()

@@ -51,7 +51,8 @@ def _safe_name(s: str) -> str:
 def require_torch(predictor: Predictor) -> TorchPredictor:
     """The predictor itself when Grad-CAM can run on it (:meth:`Predictor.require_explainable` says why not)."""
     predictor.require_explainable()
-    assert isinstance(predictor, TorchPredictor)  # the one explainable kind
+    if not isinstance(predictor, TorchPredictor):  # can_explain on another kind: a bug, not the user's input
+        raise TypeError(f"{type(predictor).__name__} says it can be explained but is no TorchPredictor")
     return predictor
 
 

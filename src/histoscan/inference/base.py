@@ -24,6 +24,7 @@ class Predictor:
     card: ModelCard
     device: str = "cpu"
     can_explain: bool = False
+    kind: str = "this kind of model"  # what it is, in the message of require_explainable
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         raise NotImplementedError
@@ -47,9 +48,8 @@ class Predictor:
         """
         if self.can_explain:
             return
-        what = "an ONNX export" if self.card.backend == "onnx" else "an ensemble of runs"
         raise ExplainUnavailable(
-            f"{name or self.card.source}: Grad-CAM needs the PyTorch model (run folder or .ckpt), not {what}"
+            f"{name or self.card.source}: Grad-CAM needs the PyTorch model (run folder or .ckpt), not {self.kind}"
         )
 
     def stain_note(self, what: str = "patches") -> str | None:

@@ -55,6 +55,8 @@ class OnnxPredictor(Predictor):
     (:func:`histoscan.utils.device.onnx_providers`: "auto" is CUDA when onnxruntime-gpu provides it, else the
     CPU; "cuda" insists on the GPU; "cpu" stays on the CPU)."""
 
+    kind = "an ONNX export"
+
     def __init__(
         self,
         path: str | Path,
