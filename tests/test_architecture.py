@@ -66,7 +66,9 @@ def test_a_stage_importing_another_breaks_the_independence_contract(tmp_path: Pa
     )
     shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     tiles = tmp_path / "src" / "histoscan" / "slide" / "tiles.py"
-    tiles.write_text(tiles.read_text() + "\nimport histoscan.explain.gradcam  # a stage reaching into another\n")
+    tiles.write_text(
+        tiles.read_text() + "\nimport histoscan.explain.gradcam  # a stage reaching into another\n"
+    )
 
     r = _lint_imports(tmp_path, pythonpath=tmp_path / "src")
     assert r.returncode != 0, f"lint-imports passed on a stage-to-stage import:\n{r.stdout}\n{r.stderr}"
