@@ -12,7 +12,7 @@ composites the model calls tumour, the share whose map peak lies in the tumour p
 baseline; the random pixel order is the control. (c) the corner share: how often the map peak of a
 tumour-predicted test patch falls in a corner cell of a 4 x 4 grid (area 25 %; the position artefact reported on
 50 px patches). (d) flat maps: the share of near-blank patches (near-white noise) and of tumour-predicted test
-patches whose map the flat rule (`histoscan.explain.gradcam.FLAT_SPREAD`) shows as "no localised evidence".
+patches whose map the flat rule (`histoscan.gradcam.cam.FLAT_SPREAD`) shows as "no localised evidence".
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from fidelity import (
 )
 
 from histoscan.data.store import resolve_store
-from histoscan.explain.cam import FLAT_SPREAD, cam_maps
-from histoscan.explain.gradcam import default_explainer
+from histoscan.gradcam.cam import FLAT_SPREAD, cam_maps
+from histoscan.gradcam.images import default_explainer
 from histoscan.inference.predictor import TorchPredictor, load_predictor
 from histoscan.models import create_model
 from histoscan.run import RunDir

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from histoscan.evaluation.metrics import compute_metrics
+from histoscan.scoring.metrics import compute_metrics
 
 
 def main() -> None:

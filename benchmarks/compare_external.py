@@ -32,11 +32,11 @@ from paired_bootstrap import _resample_weights, weighted_auc
 
 from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.store import resolve_store
-from histoscan.evaluation.calibration import calibration_report, fit_decision, fit_temperature
-from histoscan.evaluation.metrics import compute_metrics, select_threshold
 from histoscan.inference.predictor import load_predictor
 from histoscan.inference.tta import infer
 from histoscan.run import RunDir
+from histoscan.scoring.calibration import calibration_report, fit_decision, fit_temperature
+from histoscan.scoring.metrics import compute_metrics, select_threshold
 from histoscan.training.train import train
 from histoscan.utils.numeric import sigmoid
 

@@ -30,12 +30,12 @@ from _common import replace_block, same_config
 from paired_bootstrap import paired_bootstrap
 
 from histoscan.config import TrainConfig, config_from_options
+from histoscan.cv.crossval import crossval
 from histoscan.data.splits import make_folds
 from histoscan.data.store import resolve_store
-from histoscan.evaluation.metrics import compute_metrics, select_threshold
 from histoscan.folders import CvDir
 from histoscan.options.training import parse_folds
-from histoscan.training.crossval import crossval
+from histoscan.scoring.metrics import compute_metrics, select_threshold
 
 RECIPES: dict[str, dict[str, object]] = {
     # the seed recipes are pinned field by field, so they stay the seeds' when histoscan's defaults change

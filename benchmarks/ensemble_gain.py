@@ -25,11 +25,11 @@ from _common import replace_block
 from compare_recipes import parse_fields, recipe_config
 from paired_bootstrap import paired_bootstrap
 
+from histoscan.cv.crossval import crossval
 from histoscan.data.detect import detect_source
 from histoscan.data.splits import make_folds
 from histoscan.evaluation.evaluate import evaluate
 from histoscan.folders import EvalDir
-from histoscan.training.crossval import crossval
 from histoscan.training.train import train
 
 

@@ -23,7 +23,7 @@ from _common import shared_data
 from PIL import Image
 
 from histoscan.slide.io import open_slide
-from histoscan.slide.mapping import tissue_mask
+from histoscan.stain.tissue import thumbnail_tissue_mask
 
 BLOCK = 512
 BACKGROUND = (243, 242, 240)
@@ -38,7 +38,7 @@ def tissue_bank(slides: list[Path], min_tissue: float = 0.6) -> list[np.ndarray]
         for y in range(0, h - BLOCK + 1, BLOCK):
             for x in range(0, w - BLOCK + 1, BLOCK):
                 tile = reader.read_region(x, y, 0, (BLOCK, BLOCK))
-                if tissue_mask(tile).mean() >= min_tissue:
+                if thumbnail_tissue_mask(tile).mean() >= min_tissue:
                     for k in range(4):
                         bank += [np.rot90(tile, k).copy(), np.rot90(tile[::-1], k).copy()]
         reader.close()

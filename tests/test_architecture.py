@@ -1,8 +1,9 @@
 """The layering of histoscan's subpackages, checked by import-linter (`[tool.importlinter]` in pyproject.toml).
 
-Top to bottom: cli; serve | bench; training; slide | export; evaluation | explain; inference; run;
-models | data; stain; folders; config; utils; errors. A module may import from the layers below it, never from those
-above, and `|` siblings not from each other.
+Top to bottom: cli; cv; the stages (training, evaluation, explain, export, slide, serve, bench); gradcam;
+inference (the model seam); run; models; stain; data; folders (the folder owners); scoring; config; ranges; utils;
+errors. A module may import from the layers below it, never from those above; no stage imports another (an
+independence contract).
 """
 
 from __future__ import annotations
@@ -55,6 +56,25 @@ def test_wrong_way_import_breaks_the_contract(tmp_path: Path) -> None:
     assert r.returncode != 0, f"lint-imports passed on a wrong-way import:\n{r.stdout}\n{r.stderr}"
     assert "BROKEN" in r.stdout, r.stdout
     assert "histoscan.errors -> histoscan.cli" in r.stdout, r.stdout
+
+
+def test_a_stage_importing_another_breaks_the_independence_contract(tmp_path: Path) -> None:
+    """Stages stand alone: a copy of the source where slide imports explain fails "stages stand alone"."""
+    shutil.copytree(
+        REPO_ROOT / "src" / "histoscan",
+        tmp_path / "src" / "histoscan",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    tiles = tmp_path / "src" / "histoscan" / "slide" / "tiles.py"
+    tiles.write_text(
+        tiles.read_text() + "\nimport histoscan.explain.gradcam  # a stage reaching into another\n"
+    )
+
+    r = _lint_imports(tmp_path, pythonpath=tmp_path / "src")
+    assert r.returncode != 0, f"lint-imports passed on a stage-to-stage import:\n{r.stdout}\n{r.stderr}"
+    assert "stages stand alone BROKEN" in r.stdout, r.stdout
+    assert "histoscan.slide.tiles -> histoscan.explain.gradcam" in r.stdout, r.stdout
 
 
 def test_no_import_cycle_anywhere_in_the_package() -> None:

@@ -16,8 +16,8 @@ from run_fixtures import idc_manifest, idc_store, make_run, split_rows
 from histoscan.cli import main
 from histoscan.data.store import PatchStore, prepare
 from histoscan.evaluation.evaluate import evaluate
-from histoscan.evaluation.metrics import choose_run_threshold, compute_metrics
 from histoscan.inference.predictor import load_predictor
+from histoscan.scoring.metrics import choose_run_threshold, compute_metrics
 
 KEYS = {
     "n",

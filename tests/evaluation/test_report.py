@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from histoscan.config import TrainConfig
-from histoscan.evaluation.metrics import compute_metrics
 from histoscan.evaluation.plots import curves_figure
 from histoscan.evaluation.report import (
     GRID,
@@ -22,6 +21,7 @@ from histoscan.evaluation.report import (
     write_report,
 )
 from histoscan.run import RunDir
+from histoscan.scoring.metrics import compute_metrics
 
 
 def test_confident_errors_order_and_limit() -> None:

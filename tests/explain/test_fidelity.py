@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from histoscan.errors import HistoscanInputError
-from histoscan.explain.cam import cam_maps, resolve_method, tiles_exactly
+from histoscan.gradcam.cam import cam_maps, resolve_method, tiles_exactly
 from histoscan.models.classifier import PatchClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # benchmark code, not the package
@@ -203,7 +203,7 @@ def test_explain_images_says_no_localised_evidence_for_a_blank_patch(tmp_path, m
     """The figure of a flat map carries the note; gradcam.npz keeps one (blank) map per input with the flag."""
     from run_fixtures import make_run
 
-    import histoscan.explain.gradcam as gc
+    import histoscan.gradcam.images as gc
     from histoscan.inference.predictor import TorchPredictor, load_predictor
 
     card = load_predictor(make_run(tmp_path / "run", image_size=S)).card

@@ -17,7 +17,8 @@ from tolerance import f32_tol, prob_tol
 from histoscan.cli import main
 from histoscan.data.images import decode_image, fit_image
 from histoscan.errors import HistoscanInputError
-from histoscan.explain.gradcam import check_target_layer, explain_images, fit_note, gradcam
+from histoscan.explain.gradcam import fit_note
+from histoscan.gradcam.images import check_target_layer, explain_images, gradcam
 from histoscan.inference.predictor import load_predictor
 from histoscan.models import SimpleCNN, target_layer_name
 from histoscan.models.classifier import PatchClassifier
@@ -189,7 +190,7 @@ def test_caption_says_what_the_model_saw_and_warns_on_colour(
     idc_root: Path, shared_data: Path, tmp_path: Path, capsys
 ) -> None:
     """A 96 px upload to a 50 px model: the figure says it shows the centre crop; a grey patch: a warning."""
-    from histoscan.inference.domain import colour_stats
+    from histoscan.stain.domain import colour_stats
 
     train = np.stack([fit_image(decode_image(f, str(f))[0], 50, "pad") for f in idc_files(idc_root, 200)])
     run = make_run(tmp_path / "run", data_json={"colour": colour_stats(train)})

@@ -12,12 +12,12 @@ from tolerance import f32_tol
 
 from histoscan.cli import main
 from histoscan.config import TrainConfig
+from histoscan.cv.crossval import crossval
 from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.evaluate import evaluate
 from histoscan.inference.ensemble import EnsemblePredictor
 from histoscan.inference.predictor import load_predictor
 from histoscan.inference.tta import tta_logits
-from histoscan.training.crossval import crossval
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from histoscan.errors import HistoscanInputError
-from histoscan.models import REGISTRY, create_model, target_layer_name
+from histoscan.models import (
+    OPTIONS,
+    REGISTRY,
+    check_model_options,
+    create_model,
+    model_options,
+    target_layer_name,
+)
 from histoscan.models.p4m import GroupConv, LiftingConv
 
 
@@ -100,3 +107,54 @@ def test_target_layer_is_a_spatial_stage_after_a_conv(name):
     convs = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, LiftingConv, GroupConv))]
     # a convolution is inside the target layer or before it (the map is of conv features, not of the head)
     assert any(c.startswith(layer_name + ".") or names.index(c) < names.index(layer_name) for c in convs)
+
+
+def _dropouts(model: torch.nn.Module) -> list[float]:
+    return [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+
+
+def test_each_model_declares_the_options_it_honours():
+    """A declared option reaches the network; every other model has no dropout layer to give it to."""
+    for name, spec in REGISTRY.items():
+        assert set(spec.options) <= set(OPTIONS), name
+        if "dropout" in spec.options:
+            assert _dropouts(create_model(name, dropout=0.25)) == [0.25], name
+            assert _dropouts(create_model(name)) == [0.5], name  # the model's own default
+        else:
+            assert _dropouts(create_model(name)) == [], name
+    assert model_options("resnet50-head") == ("dropout",) and model_options("resnet18") == ()
+    assert model_options("timm:resnet18") == ()  # external families: no histoscan options
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet10-small", "timm:resnet18"])
+def test_an_option_the_model_ignores_is_refused(name):
+    refused = rf"^--dropout 0.3: model {name} has no dropout \(takes no options\); leave --dropout at 0.5$"
+    with pytest.raises(HistoscanInputError, match=refused):
+        create_model(name, dropout=0.3)
+    check_model_options(name, dropout=0.5)  # the default (what every config carries) is no request
+    check_model_options(name, dropout=None)
+    with pytest.raises(HistoscanInputError, match="^model option width: unknown"):
+        check_model_options("simple-cnn", width=3)
+
+
+def test_a_config_with_an_ignored_option_fails_to_build_but_old_runs_still_load(tmp_path):
+    """build_classifier refuses resnet18 with --dropout 0.3; a run saved that way before (tune searched
+    dropout for every model) loads with the option back at its default: its network never had dropout."""
+    from run_fixtures import make_run
+
+    from histoscan.config import TrainConfig
+    from histoscan.inference.predictor import load_predictor
+    from histoscan.models.classifier import build_classifier, saved_model_config
+
+    with pytest.raises(HistoscanInputError, match="^--dropout 0.3: model resnet18 has no dropout"):
+        build_classifier(TrainConfig(model="resnet18", dropout=0.3), weights=False)
+    cfg = TrainConfig(model="simple-cnn", dropout=0.3)
+    assert saved_model_config(cfg) is cfg  # simple-cnn honours it: kept
+    assert saved_model_config(TrainConfig(model="resnet18", dropout=0.3)).dropout == 0.5
+    run = make_run(tmp_path / "old", model="resnet10-small", image_size=32)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    ckpt["hyper_parameters"]["config"]["dropout"] = 0.3  # as tune saved it before models refused it
+    torch.save(ckpt, run / "checkpoints" / "best.ckpt")
+    predictor = load_predictor(run, device="cpu")
+    assert predictor.card.config.dropout == 0.3  # the card says what the run was trained with
+    assert predictor.predict_logits(torch.zeros(2, 32, 32, 3, dtype=torch.uint8).numpy()).shape == (2,)

@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from histoscan.serve import ServeSettings, create_app
-from histoscan.serve.backend import ServedModel
 from histoscan.serve.batching import MicroBatcher, QueueFullError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -227,7 +226,10 @@ def test_every_declared_response_is_real_and_matches_its_schema(
 def test_onnx_like_model_declares_and_answers_501(
     app_factory, hcd_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ServedModel, "can_explain", property(lambda self: False))
+    from histoscan.inference.predictor import TorchPredictor
+
+    # the served model asks its predictor (Predictor.require_explainable, the one rule): one that cannot explain
+    monkeypatch.setattr(TorchPredictor, "can_explain", False)
     _, call = app_factory()
     assert "501" in call.spec["paths"]["/v1/explain"]["post"]["responses"]
     assert "501" not in call.spec["paths"]["/v1/predict"]["post"]["responses"]

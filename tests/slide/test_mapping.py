@@ -23,8 +23,8 @@ from histoscan.slide.mapping import (
     map_slide,
     plan_grid,
     stream_tiles,
-    tissue_mask,
 )
+from histoscan.stain.tissue import thumbnail_tissue_mask
 
 PINK, PURPLE = (230, 150, 200), (120, 60, 160)
 
@@ -48,6 +48,8 @@ def slides(shared_data: Path) -> Path:
 
 class DarknessPredictor(Predictor):
     """Known pattern: tiles darker than mid-grey are 'tumour' (logit +-6); the card of a real 32 px run."""
+
+    can_explain = True  # --explain runs a recording explain_images in its place (cmu_map)
 
     def __init__(self, card):
         self.card = card
@@ -102,10 +104,10 @@ def test_grid_rings_pinched_shell() -> None:
 def test_tissue_mask_blob_and_blank() -> None:
     img = np.full((200, 300, 3), 240, np.uint8)
     img[50:150, 100:250] = PINK
-    mask = tissue_mask(img)
+    mask = thumbnail_tissue_mask(img)
     assert mask[60:140, 110:240].all() and not mask[:40].any() and not mask[:, :90].any()
     assert abs(mask.sum() - 100 * 150) < 0.02 * 100 * 150
-    assert not tissue_mask(np.full((100, 100, 3), 245, np.uint8)).any()
+    assert not thumbnail_tissue_mask(np.full((100, 100, 3), 245, np.uint8)).any()
 
 
 def _write_tiff(
@@ -192,7 +194,7 @@ def cmu_map(darkness, slides: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("cmu") / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(
-            sys.modules, "histoscan.explain.gradcam", types.SimpleNamespace(explain_images=explain_images)
+            sys.modules, "histoscan.gradcam.images", types.SimpleNamespace(explain_images=explain_images)
         )
         opts = SlideOptions(explain=3, stride=32, smooth=0)
         s = map_slide(darkness, slides / "cmu-1-small-region.svs", out, opts, False)
@@ -388,3 +390,16 @@ def test_map_slide_overlapping_stride_cells(darkness, tmp_path: Path) -> None:
     feats = json.loads((tmp_path / "o" / "regions.geojson").read_text())["features"]
     area = sum(_polygon_area(f["geometry"]["coordinates"]) for f in feats)
     assert area == s["n_tumour_tiles"] * 64**2 > 0
+
+
+def test_explain_with_an_onnx_model_is_refused_before_the_slide_is_read(run32: Path, tmp_path: Path) -> None:
+    """slide --explain with a model Grad-CAM cannot run on: the one message, and nothing read or written."""
+    from histoscan.export.onnx import export_onnx
+    from histoscan.inference.base import ExplainUnavailable
+
+    onnx = load_predictor(export_onnx(run32, tmp_path / "m.onnx"), device="cpu")
+    out = tmp_path / "out"
+    refused = r"m.onnx: Grad-CAM needs the PyTorch model \(run folder or .ckpt\), not an ONNX export$"
+    with pytest.raises(ExplainUnavailable, match=refused):
+        map_slide(onnx, tmp_path / "no-such-slide.svs", out, SlideOptions(explain=2), False)
+    assert not out.exists()

@@ -25,7 +25,8 @@ from histoscan.slide.scoring import (
     score_map,
     truth_under_cells,
 )
-from histoscan.slide.tiles import TileGrid, average_tiles, smooth_heat, tiles_covering, tissue_mask
+from histoscan.slide.tiles import TileGrid, average_tiles, smooth_heat, tiles_covering
+from histoscan.stain.tissue import thumbnail_tissue_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # the mosaic builder
 from truth_mosaic import Mosaic, mosaic_layout, paint_mosaic, save_mosaic  # noqa: E402
@@ -215,7 +216,7 @@ def test_tissue_mask_keeps_pale_tissue() -> None:
     img = np.full((200, 300, 3), 241, np.uint8)
     img[20:180, 20:140] = (120, 60, 160)  # dark tissue
     img[20:180, 160:280] = (236, 214, 230)  # pale tissue (saturation ~24): Otsu alone splits it off
-    mask = tissue_mask(img)
+    mask = thumbnail_tissue_mask(img)
     assert mask[30:170, 30:130].all() and mask[30:170, 170:270].all() and not mask[:, 145:155].any()
 
 

@@ -13,7 +13,7 @@ import pytest
 from tolerance import prob_tol
 
 from histoscan.config import TrainConfig
-from histoscan.training.crossval import crossval
+from histoscan.cv.crossval import crossval
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ from run_fixtures import idc_store, make_run
 from tolerance import f32_tol, prob_tol
 
 from histoscan.config import TrainConfig, config_from_options
-from histoscan.evaluation.calibration import fit_decision
 from histoscan.evaluation.evaluate import evaluate
 from histoscan.export.onnx import export_onnx
 from histoscan.inference.onnx import OnnxPredictor, read_metadata
 from histoscan.inference.predictor import load_predictor
 from histoscan.inference.tta import infer
 from histoscan.run import RunDir
+from histoscan.scoring.calibration import fit_decision
 from histoscan.training.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

@@ -22,6 +22,7 @@ from run_fixtures import idc_store
 from histoscan.cli import main
 from histoscan.config import TrainConfig
 from histoscan.data.store import PatchStore
+from histoscan.errors import HistoscanInputError
 
 optuna = pytest.importorskip("optuna")
 from histoscan.training.tune import SEARCH_SPACE, tune  # noqa: E402
@@ -344,3 +345,53 @@ def test_parameter_importance_table_and_plot(tmp_path: Path) -> None:
     single.optimize(lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
     _write_importance(single, TuneDir(one), optuna)  # one trial: nothing to apportion, nothing written
     assert not (one / "importance.csv").exists()
+
+
+# -- a model rejects an option it cannot honour; tune searches only what the model uses (issue 19) --------------
+
+
+def test_search_space_holds_dropout_only_for_models_that_use_it() -> None:
+    from histoscan.training.tune import search_space
+
+    for name in ("simple-cnn", "resnet50-head", "p4m-cnn"):
+        assert search_space(name) == list(SEARCH_SPACE), name
+    for name in ("resnet18", "resnet10-small", "timm:resnet18"):
+        assert search_space(name) == [p for p in SEARCH_SPACE if p != "dropout"], name
+
+
+def test_tune_refuses_an_option_the_model_ignores(store: PatchStore, tmp_path: Path, capsys) -> None:
+    """Searching or fixing dropout for resnet10-small is one error line (exit 2) before anything is written."""
+    out = tmp_path / "tune"
+    with pytest.raises(
+        HistoscanInputError, match="^--params lr,dropout: model resnet10-small has no dropout to search"
+    ):
+        tune(_cfg(store, model="resnet10-small"), out, n_trials=1, folds=3, params=["lr", "dropout"])
+    with pytest.raises(HistoscanInputError, match="^--dropout 0.2: model resnet10-small has no dropout"):
+        tune(_cfg(store, model="resnet10-small", dropout=0.2), out, n_trials=1, folds=3, params=["lr"])
+    assert not out.exists()
+    argv = [
+        "tune",
+        "--data",
+        str(store.path),
+        "--out",
+        str(out),
+        "--model",
+        "resnet18",
+        "--params",
+        "dropout",
+    ]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--params dropout: model resnet18 has no dropout to search" in err, err
+    assert not out.exists()
+
+
+def test_train_refuses_dropout_for_a_model_without_one(store: PatchStore, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(store.path), "--out", str(out), "--model", "resnet18", "--dropout", "0.3"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dropout 0.3: model resnet18 has no dropout" in err, err
+    assert not out.exists()

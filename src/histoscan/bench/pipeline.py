@@ -25,7 +25,7 @@ from histoscan.data.store import resolve_store
 from histoscan.errors import HistoscanInputError
 from histoscan.models import create_model
 from histoscan.models.classifier import PatchClassifier
-from histoscan.utils.device import torch_device
+from histoscan.utils.device import cuda_available, torch_device
 
 
 def peak_rss_mb() -> float:
@@ -142,7 +142,7 @@ def _rate(
         x, y = next(batches)
         if step:
             step(x, y)
-    if torch.cuda.is_available():
+    if cuda_available():
         torch.cuda.synchronize()
     t0, n = time.perf_counter(), 0
     for _ in range(n_batches):
@@ -150,7 +150,7 @@ def _rate(
         if step:
             step(x, y)
         n += len(y)
-    if torch.cuda.is_available():
+    if cuda_available():
         torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the cross-validation, one line per fold start and result, then the pooled figures and the command
     that trains the final model with the same options on all the data (its options in OUT/final-config.yaml)."""
     from histoscan.cli.train import config_from_args
-    from histoscan.training.crossval import crossval
+    from histoscan.cv.crossval import crossval
 
     config = config_from_args(args)
     o = build(CvOptions, args)

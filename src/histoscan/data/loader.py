@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from histoscan.data.splits import balanced_weights
+from histoscan.utils.device import cuda_available
 
 
 class StoreBatches(Dataset):
@@ -120,7 +121,7 @@ class StoreDataModule(L.LightningDataModule):
             batch_size=None,
             sampler=sampler,
             num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=cuda_available(),
             persistent_workers=self.num_workers > 0,
         )
 

@@ -11,15 +11,16 @@ import numpy as np
 
 from histoscan.data.store import PatchStore, require_labelled
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.calibration import calibration_report
-from histoscan.evaluation.metrics import choose_run_threshold, compute_metrics
 from histoscan.evaluation.report import write_figures, write_report
 from histoscan.folders import EvalDir
-from histoscan.inference.domain import domain_warnings
 from histoscan.inference.predict import fitted_column, fitted_summary, skipped_files, store_for_model
 from histoscan.inference.predictor import BackendName, Predictor, load_predictor
 from histoscan.inference.tta import infer, n_views, run_tta
 from histoscan.run import RunDir
+from histoscan.scoring import DEFAULT_THRESHOLD
+from histoscan.scoring.calibration import calibration_report
+from histoscan.scoring.metrics import choose_run_threshold, compute_metrics
+from histoscan.stain.domain import domain_warnings
 from histoscan.utils.fs import staged_folder
 from histoscan.utils.numeric import sigmoid
 
@@ -106,9 +107,9 @@ def evaluate(
     """Evaluate a trained model on labelled data and write the report.
 
     The decision threshold is the run's (threshold.json, chosen on the validation split) applied unchanged;
-    0.5 when the run has none (said in the report). With `target_sensitivity`, the threshold is re-chosen on
-    the run's validation split at that sensitivity — never on the data evaluated. If DATA is the run's own
-    training store, only its held-out test rows are scored.
+    DEFAULT_THRESHOLD (0.5) when the run has none (said in the report). With `target_sensitivity`, the
+    threshold is re-chosen on the run's validation split at that sensitivity — never on the data evaluated.
+    If DATA is the run's own training store, only its held-out test rows are scored.
 
     Args:
         model: run folder, checkpoint or .onnx export.
@@ -122,7 +123,8 @@ def evaluate(
         force: overwrite a non-empty output folder.
         skip_bad: skip unreadable images (counted in the report) instead of stopping.
         echo: receives one start line (model, data, patches scored, TTA) before inference.
-        device: where the model runs: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N".
+        device: "auto" (a GPU when the backend can use one), "cpu", "cuda" or "cuda:N", the same for torch and
+            ONNX models (:func:`histoscan.inference.predictor.load_predictor`).
 
     Returns:
         The metrics written to metrics.json (compute_metrics keys plus context: subset, model, data, ...,
@@ -178,7 +180,7 @@ def _evaluate_into(
         threshold = chosen["threshold"]
         source = f"validation split at target sensitivity {target_sensitivity} ({chosen['method']})"
     elif source.startswith("default"):
-        notes.append(f"The run has no {RunDir.THRESHOLD}: the default threshold 0.5 is used.")
+        notes.append(f"The run has no {RunDir.THRESHOLD}: the default threshold {DEFAULT_THRESHOLD:g} is used.")
     if echo is not None:
         echo(
             f"evaluate: {card.describe()} on {data}: {len(rows)} patches ({int(y.sum())} tumour; {subset}), "

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from histoscan.evaluation.metrics import pr_curve, reliability, roc_curve  # noqa: E402
+from histoscan.scoring.metrics import pr_curve, reliability, roc_curve  # noqa: E402
 
 DPI = 110
 

@@ -11,6 +11,10 @@ from histoscan.run import RunDir
 from histoscan.utils.numeric import sigmoid
 
 
+class ExplainUnavailable(HistoscanInputError):
+    """Grad-CAM needs one PyTorch model: an ONNX export (or an ensemble of runs) cannot be explained."""
+
+
 class Predictor:
     """uint8 N x S x S x 3 RGB (numpy, or a torch tensor for the torch backend) -> float32 logits (N,).
 
@@ -20,6 +24,7 @@ class Predictor:
     card: ModelCard
     device: str = "cpu"
     can_explain: bool = False
+    kind: str = "this kind of model"  # what it is, in the message of require_explainable
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         raise NotImplementedError
@@ -33,9 +38,33 @@ class Predictor:
         """Tumour probabilities (sigmoid of the logits)."""
         return sigmoid(self.predict_logits(images, batch_size))
 
+    def require_explainable(self, name: str | None = None) -> None:
+        """Raise :class:`ExplainUnavailable` unless Grad-CAM can run on this model (one PyTorch model).
+
+        The one place that says so, for `histoscan explain`, `slide --explain` and the server's /v1/explain.
+
+        Args:
+            name: how the model is named in the message (default: the path it was loaded from).
+        """
+        if self.can_explain:
+            return
+        raise ExplainUnavailable(
+            f"{name or self.card.source}: Grad-CAM needs the PyTorch model (run folder or .ckpt), not {self.kind}"
+        )
+
     def stain_note(self, what: str = "patches") -> str | None:
         """One line on the patches the stain normaliser passed through since the last call (None: none)."""
         return None
+
+    def training_data(self) -> dict | None:
+        """The training-data record of the model's run (RUN/data.json: sources, counts, colour statistics);
+        None without a run folder or record."""
+        if not self.card.run_dir:
+            return None
+        try:
+            return RunDir(self.card.run_dir).read_data()
+        except HistoscanInputError:
+            return None
 
     def training_runs(self) -> list[RunDir]:
         """The run folders whose training data this model saw (evaluate scores only their held-out rows)."""

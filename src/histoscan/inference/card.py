@@ -8,6 +8,7 @@ from typing import Any
 
 from histoscan.config import TrainConfig
 from histoscan.folders import RunDir
+from histoscan.scoring import DEFAULT_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ class ModelCard:
 
 
 def threshold_fields(info: dict[str, Any] | None) -> tuple[float, str]:
-    """(threshold, source) from a run's threshold.json record (None: the default 0.5, said so)."""
+    """(threshold, source) from a run's threshold.json record (None: the default threshold, said so)."""
     if info is None:
-        return 0.5, f"default 0.5 (the run has no {RunDir.THRESHOLD})"
+        return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD:g} (the run has no {RunDir.THRESHOLD})"
     method = info.get("method", "?")
     on = "calibrated validation probabilities" if info.get("calibrated") else "the validation split"
     return float(info["threshold"]), f"{RunDir.THRESHOLD}: {method}, chosen on {on}"

@@ -26,6 +26,8 @@ def member_runs(path: str | Path) -> list[Path]:
 class EnsemblePredictor(Predictor):
     """Mean logit of member predictors (same image size, fit and µm/px); one ModelCard for all of them."""
 
+    kind = "an ensemble of runs"
+
     def __init__(self, members: list[Predictor], source: str | Path):
         if len(members) < 2:
             raise HistoscanInputError(f"{source}: an ensemble needs at least two runs")

@@ -14,6 +14,8 @@ from histoscan.errors import HistoscanInputError
 from histoscan.inference.base import Predictor
 from histoscan.inference.card import ModelCard
 from histoscan.run import RunDir
+from histoscan.scoring import DEFAULT_THRESHOLD
+from histoscan.utils.device import CUDA_PROVIDER, onnx_providers
 
 INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probabilities")
 
@@ -49,7 +51,11 @@ def _config(raw: dict[str, str], card: dict[str, Any]) -> TrainConfig:
 
 
 class OnnxPredictor(Predictor):
-    """An ONNX Runtime session for an exported model; CUDA when onnxruntime-gpu provides it, else the CPU."""
+    """An ONNX Runtime session for an exported model, on the execution providers `device` picks
+    (:func:`histoscan.utils.device.onnx_providers`: "auto" is CUDA when onnxruntime-gpu provides it, else the
+    CPU; "cuda" insists on the GPU; "cpu" stays on the CPU)."""
+
+    kind = "an ONNX export"
 
     def __init__(
         self,
@@ -57,7 +63,9 @@ class OnnxPredictor(Predictor):
         threads: int | None = None,
         providers: list[str] | None = None,
         source: str | Path | None = None,
+        device: str = "auto",
     ):
+        """`providers` (an explicit ONNX Runtime provider list) overrides `device`."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -66,10 +74,7 @@ class OnnxPredictor(Predictor):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cores()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        available = ort.get_available_providers()
-        providers = providers or [
-            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-        ]
+        providers = providers or onnx_providers(device, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for invalid files
@@ -85,7 +90,12 @@ class OnnxPredictor(Predictor):
             )
         self.input_name = inp.name
         self.raw = raw
-        self.device = "cuda" if any("CUDA" in p for p in self.session.get_providers()) else "cpu"
+        self.device = "cuda" if CUDA_PROVIDER in self.session.get_providers() else "cpu"
+        if self.device == "cpu" and str(device).startswith("cuda"):  # ONNX Runtime fell back (e.g. no cuDNN)
+            raise HistoscanInputError(
+                f"--device {device}: ONNX Runtime could not start its CUDA provider for {self.path} "
+                "(check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use cpu or auto)"
+            )
         run = RunDir(self.path.parent) if RunDir.is_run(self.path.parent) else None
         facts: dict[str, Any] = {
             "model": raw.get("model", "unknown"),
@@ -95,12 +105,12 @@ class OnnxPredictor(Predictor):
         }
         self.card = ModelCard(
             **facts,
-            threshold=float(raw.get("threshold", 0.5)),
+            threshold=float(raw.get("threshold", DEFAULT_THRESHOLD)),
             threshold_source=raw.get(
                 "threshold_source",
                 "ONNX metadata (chosen on the run's validation split)"
                 if "threshold" in raw
-                else "default 0.5 (the ONNX model carries no threshold)",
+                else f"default {DEFAULT_THRESHOLD:g} (the ONNX model carries no threshold)",
             ),
             normalisation=raw.get("normalisation", "imagenet mean/std on [0,1] RGB"),
             stain=raw.get("stain", "none"),
@@ -111,6 +121,17 @@ class OnnxPredictor(Predictor):
             config=_config(raw, facts),
             temperature=float(raw.get("temperature", 1.0)),  # inside the graph already; said, not applied
         )
+
+    def training_data(self) -> dict | None:
+        """RUN/data.json when the export lies in its run folder, else the export's training_data metadata."""
+        info = super().training_data()
+        if info:
+            return info
+        try:
+            info = json.loads(self.raw.get("training_data") or "{}")
+        except (ValueError, TypeError):
+            return None
+        return info if isinstance(info, dict) else None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)

@@ -13,9 +13,9 @@ import numpy as np
 from histoscan.data.store import PatchStore, is_store, resolve_store
 from histoscan.errors import HistoscanInputError
 from histoscan.inference.card import ModelCard
-from histoscan.inference.domain import domain_warnings
 from histoscan.inference.predictor import BackendName, load_predictor
 from histoscan.inference.tta import infer, n_views, run_tta
+from histoscan.stain.domain import domain_warnings
 from histoscan.utils.fs import atomic_path, guard_output
 from histoscan.utils.numeric import sigmoid
 
@@ -147,13 +147,14 @@ def predict(
         backend: "auto" (from MODEL), "torch" or "onnx".
         skip_bad: skip unreadable images (counted and listed in the summary) instead of stopping.
         force: overwrite an existing `out`.
-        device: where the model runs: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N".
+        device: "auto" (a GPU when the backend can use one), "cpu", "cuda" or "cuda:N", the same for torch and
+            ONNX models (:func:`histoscan.inference.predictor.load_predictor`).
 
     Returns:
         Summary: n, out, format, threshold, threshold_source, n_positive (at the threshold), mean_probability,
         tta, backend, model, n_skipped, skipped, n_fitted and fitted_note (images of another size fitted to
         the model's: their count, and a line saying so or None), warnings (one line each: the data's µm/px or
-        colour far from the training data's, see :mod:`histoscan.inference.domain`), colour_distance.
+        colour far from the training data's, see :mod:`histoscan.stain.domain`), colour_distance.
     """
     if fmt not in ("csv", "kaggle"):
         raise HistoscanInputError(f"--format {fmt}: choose csv or kaggle")

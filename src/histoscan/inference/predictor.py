@@ -20,7 +20,7 @@ from histoscan.errors import HistoscanInputError
 from histoscan.inference.base import Predictor
 from histoscan.inference.card import ModelCard, threshold_fields
 from histoscan.inference.ensemble import EnsemblePredictor, member_runs
-from histoscan.models.classifier import NORMALISATION, PatchClassifier, build_classifier
+from histoscan.models.classifier import NORMALISATION, PatchClassifier, build_classifier, saved_model_config
 from histoscan.run import RunDir
 from histoscan.utils.device import torch_device
 
@@ -68,7 +68,7 @@ def load_checkpoint(ckpt_path: Path) -> tuple[PatchClassifier, TrainConfig, dict
     if "config" not in hp or "state_dict" not in ckpt:
         raise HistoscanInputError(f"{ckpt_path}: not a histoscan checkpoint (no config/state_dict)")
     config = TrainConfig.from_dict(hp["config"], source=str(ckpt_path))
-    clf = build_classifier(config, weights=False)
+    clf = build_classifier(saved_model_config(config), weights=False)
     state = {
         k.removeprefix("classifier."): v for k, v in ckpt["state_dict"].items() if k.startswith("classifier.")
     }
@@ -120,7 +120,7 @@ def load_torch_predictor(path: str | Path, device: str | None = "auto") -> Torch
 
 
 def load_predictor(
-    path: str | Path, backend: BackendName = "auto", device: str | None = "auto", threads: int | None = None
+    path: str | Path, backend: BackendName = "auto", device: str = "auto", threads: int | None = None
 ) -> Predictor:
     """A Predictor for MODEL: a run folder, a checkpoint, a .onnx export, or a `histoscan cv` folder (ensemble).
 
@@ -128,7 +128,9 @@ def load_predictor(
         path: run folder (torch; with backend "onnx" its model.onnx), checkpoint file (torch), .onnx (onnx), or a
             cross-validation folder whose fold-*/ runs are averaged as one model.
         backend: "auto" picks from `path`; "torch" or "onnx" force one.
-        device: torch device ("auto": CUDA when available).
+        device: "auto" (a GPU when the backend can use one), "cpu" or "cuda[:N]", the same for every backend:
+            the torch device, or ONNX Runtime's execution providers
+            (:func:`histoscan.utils.device.onnx_providers`); "cuda" without a GPU is a one-line error.
         threads: ONNX Runtime intra-op threads (default: the cores).
     """
     p = Path(path).expanduser()
@@ -157,5 +159,5 @@ def load_predictor(
             raise HistoscanInputError(
                 f"{p}: --backend onnx needs a .onnx file or a run folder holding {RunDir.ONNX}"
             )
-        return OnnxPredictor(onnx_path, threads=threads, source=p)
+        return OnnxPredictor(onnx_path, threads=threads, source=p, device=device or "auto")
     return load_torch_predictor(p, device)

@@ -2,33 +2,46 @@
 
 Built-in: `simple-cnn`, `resnet50-head`, `resnet18`, `resnet34`, `resnet50`. With the optional `vision` extra,
 `timm:<name>` and `torchvision:<name>` build any model of those libraries (imported lazily, only then).
+
+Each model declares the keyword options it honours (as timm's models take uniform keyword arguments): its
+builder is called with those, and an option it does not honour, set to anything but the TrainConfig default,
+is an error naming the model and the option (never silently ignored).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
 from histoscan.models.heads import TrunkWithHead, resnet50_head
 from histoscan.models.p4m import P4MCNN
 from histoscan.models.resnet import ResNet, resnet10_small, resnet18, resnet18_small, resnet34, resnet50
 from histoscan.models.simple_cnn import SimpleCNN
 
+OPTIONS = ("dropout",)  # model options: TrainConfig fields a model may honour, passed to its builder by name
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build one model and its default Grad-CAM layer (by default its last convolutional stage)."""
+    """How to build one model and its default Grad-CAM layer (by default its last convolutional stage).
+
+    `build` is called with the `options` this model honours, as keyword arguments (each a name of OPTIONS).
+    """
 
     name: str
-    build: Callable[[float], nn.Module]
+    build: Callable[..., nn.Module]
     target_layer: str
     weights_prefix: str = ""  # where a torchvision-layout state dict goes inside this model
+    options: tuple[str, ...] = ()
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -41,14 +54,14 @@ def register(spec: ModelSpec) -> None:
 
 # simple-cnn: the ReLU before the 4th pool (12 x 12 at 96 px, 7 x 7 at 50 px); the last block's 4 x 4 map at 50 px
 # peaked at the borders whatever the content (docs/benchmarks.md, Grad-CAM fidelity)
-register(ModelSpec("simple-cnn", lambda d: SimpleCNN(dropout=d), "features.3.2"))
-register(ModelSpec("resnet50-head", lambda d: resnet50_head(dropout=d), "backbone.layer4", "backbone."))
-register(ModelSpec("resnet18", lambda d: resnet18(), "layer4"))
-register(ModelSpec("resnet34", lambda d: resnet34(), "layer4"))
-register(ModelSpec("resnet50", lambda d: resnet50(), "layer4"))
-register(ModelSpec("resnet18-small", lambda d: resnet18_small(), "layer4"))
-register(ModelSpec("resnet10-small", lambda d: resnet10_small(), "layer4"))
-register(ModelSpec("p4m-cnn", lambda d: P4MCNN(dropout=d), "features.4.2"))  # rotation/flip-invariant
+register(ModelSpec("simple-cnn", SimpleCNN, "features.3.2", options=("dropout",)))
+register(ModelSpec("resnet50-head", resnet50_head, "backbone.layer4", "backbone.", options=("dropout",)))
+register(ModelSpec("resnet18", resnet18, "layer4"))
+register(ModelSpec("resnet34", resnet34, "layer4"))
+register(ModelSpec("resnet50", resnet50, "layer4"))
+register(ModelSpec("resnet18-small", resnet18_small, "layer4"))
+register(ModelSpec("resnet10-small", resnet10_small, "layer4"))
+register(ModelSpec("p4m-cnn", P4MCNN, "features.4.2", options=("dropout",)))  # rotation/flip-invariant
 
 
 def available_models() -> list[str]:
@@ -85,10 +98,49 @@ def check_model_name(name: str) -> None:
         )
 
 
-def create_model(name: str, dropout: float = 0.5, weights: str | Path | None = None) -> nn.Module:
-    """Build a model by registry name, optionally loading a local torchvision-layout state dict."""
+def model_options(name: str) -> tuple[str, ...]:
+    """The options (names of OPTIONS) model `name` honours; none for timm:/torchvision: models."""
     check_model_name(name)
-    model = _external(name) if name.startswith(("timm:", "torchvision:")) else REGISTRY[name].build(dropout)
+    return REGISTRY[name].options if name in REGISTRY else ()
+
+
+def option_default(option: str) -> Any:
+    """The default of a model option: its TrainConfig field's, so "not set" means the same everywhere."""
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == option)
+
+
+def check_model_options(name: str, **options: Any) -> None:
+    """Raise HistoscanInputError unless model `name` honours every option set to other than its default.
+
+    None and the default count as not set (a config always carries every option).
+    """
+    honoured = model_options(name)
+    for option, value in options.items():
+        if option not in OPTIONS:
+            raise HistoscanInputError(f"model option {option}: unknown (model options: {', '.join(OPTIONS)})")
+        default = option_default(option)
+        if option not in honoured and value is not None and value != default:
+            has = f"honours only {', '.join(honoured)}" if honoured else "takes no options"
+            raise HistoscanInputError(
+                f"--{option} {value}: model {name} has no {option} ({has}); leave --{option} at {default}"
+            )
+
+
+def create_model(name: str, weights: str | Path | None = None, **options: Any) -> nn.Module:
+    """Build a model by registry name, optionally loading a local torchvision-layout state dict.
+
+    Args:
+        name: registry name, or timm:<name> / torchvision:<name>.
+        weights: a local state dict to load.
+        **options: model options (OPTIONS, e.g. dropout=0.3); one the model does not honour, set to other
+            than its default, is an error (:func:`check_model_options`). None: the model's own default.
+    """
+    check_model_options(name, **options)
+    if name.startswith(("timm:", "torchvision:")):
+        model = _external(name)
+    else:
+        spec = REGISTRY[name]
+        model = spec.build(**{k: v for k, v in options.items() if k in spec.options and v is not None})
     if weights:
         load_weights(model, weights, REGISTRY[name].weights_prefix if name in REGISTRY else "")
     return model
@@ -162,9 +214,13 @@ __all__ = [
     "ResNet",
     "SimpleCNN",
     "TrunkWithHead",
+    "OPTIONS",
     "available_models",
+    "check_model_options",
     "create_model",
     "load_weights",
+    "model_options",
+    "option_default",
     "register",
     "target_layer_name",
 ]

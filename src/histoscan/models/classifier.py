@@ -3,11 +3,14 @@ the module so training, ONNX export, serving and slides all see the same graph."
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 
 from histoscan.config import TrainConfig
-from histoscan.models import create_model
+from histoscan.models import OPTIONS, create_model, model_options, option_default
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,12 +48,33 @@ class PatchClassifier(nn.Module):
         return self.head(self.prepare(x))
 
 
+def model_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """The model options of `config` (its fields named in :data:`histoscan.models.OPTIONS`), by name."""
+    return {option: getattr(config, option) for option in OPTIONS}
+
+
+def saved_model_config(config: TrainConfig) -> TrainConfig:
+    """A saved run's config with the model options its model does not honour back at their defaults.
+
+    Runs saved before models rejected such options (tune searched dropout for every model) were built
+    without them, so they load exactly as they trained.
+    """
+    honoured = model_options(config.model)
+    reset = {o: option_default(o) for o in OPTIONS if o not in honoured}
+    return dataclasses.replace(config, **reset) if reset else config
+
+
 def build_classifier(config: TrainConfig, weights: bool = True) -> PatchClassifier:
-    """A fresh PatchClassifier for `config` (with `--weights` loaded when `weights` is true)."""
+    """A fresh PatchClassifier for `config` (with `--weights` loaded when `weights` is true).
+
+    Raises:
+        HistoscanInputError: `config` sets a model option its model does not honour (e.g. --dropout for
+            resnet18; :func:`histoscan.models.check_model_options`).
+    """
     stain = None
     if config.stain:
         from histoscan.stain import normaliser_from_config  # lazy: only runs that use stain normalisation
 
         stain = normaliser_from_config(config.stain)
-    net = create_model(config.model, dropout=config.dropout, weights=config.weights if weights else None)
+    net = create_model(config.model, weights=config.weights if weights else None, **model_kwargs(config))
     return PatchClassifier(net, stain)

@@ -26,7 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from histoscan import __version__
 from histoscan.errors import HistoscanInputError
-from histoscan.serve.backend import ExplainUnavailable, ServedModel, load_served_model
+from histoscan.inference.base import ExplainUnavailable
+from histoscan.serve.backend import ServedModel, load_served_model
 from histoscan.serve.batching import MicroBatcher, QueueFullError
 from histoscan.serve.docs import add_docs
 from histoscan.serve.guard import BodyTooLarge, RequestGuard, error_body

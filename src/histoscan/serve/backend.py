@@ -12,16 +12,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from histoscan.errors import HistoscanInputError
 from histoscan.inference.card import ModelCard
 from histoscan.inference.predictor import Predictor, load_predictor
 from histoscan.utils.digest import file_digest
 
 log = logging.getLogger(__name__)
-
-
-class ExplainUnavailable(HistoscanInputError):
-    """Grad-CAM needs the PyTorch model (a run folder or .ckpt); an .onnx model cannot be explained."""
 
 
 @dataclass
@@ -93,7 +88,7 @@ class ServedModel:
         try:
             self.predict_logits(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
             if self.can_explain:
-                import histoscan.explain.gradcam  # noqa: F401
+                import histoscan.gradcam.cam  # noqa: F401
         except Exception:
             log.exception("warm-up failed")
 
@@ -103,11 +98,7 @@ class ServedModel:
 
     def require_explain(self) -> None:
         """Raise ExplainUnavailable unless this model can be explained (PyTorch backend)."""
-        if not self.can_explain:
-            raise ExplainUnavailable(
-                f"{self.path.name}: Grad-CAM needs the PyTorch model (run folder or .ckpt); "
-                "this server runs an .onnx export"
-            )
+        self.predictor.require_explainable(self.path.name)
 
     def explain(self, image: np.ndarray, probability: float, title: str) -> tuple[bytes, bytes]:
         """Grad-CAM of one fitted uint8 S x S x 3 patch: (figure PNG as `histoscan explain` writes, overlay).
@@ -115,11 +106,11 @@ class ServedModel:
         Calls are serialised: each one copies the network (Grad-CAM hooks must not touch the batcher's model).
         """
         self.require_explain()
-        from histoscan.explain.cam import (  # lazy: only servers that explain load it
+        from histoscan.gradcam.cam import (  # lazy: only servers that explain load it
             NO_EVIDENCE_NOTE,
             cam_maps,
         )
-        from histoscan.explain.render import overlay_panel, render_overlay
+        from histoscan.gradcam.render import overlay_panel, render_overlay
         from histoscan.models import target_layer_name
 
         clf = self.predictor.classifier

@@ -38,7 +38,8 @@ from histoscan.slide.annotations import (
     tile_labels,
 )
 from histoscan.slide.io import open_slide
-from histoscan.slide.tiles import plan_grid, stream_tiles, tile_tissue_fraction, tissue_mask
+from histoscan.slide.tiles import plan_grid, stream_tiles, tile_tissue_fraction
+from histoscan.stain.tissue import thumbnail_tissue_mask
 from histoscan.utils.fs import guard_output
 
 MANIFEST_COLUMNS = ["slide", "annotations", "tissue_tiles", "tumour", "normal", "skipped_unannotated", "warnings"]
@@ -110,7 +111,7 @@ def cut_slide(slide: Path, annotation: Path | None, opts: TilesOptions, progress
             ann = read_annotations(annotation, reader.dimensions, parse_label_map(opts.label_map))
         grid = plan_grid(reader, opts.size, opts.mpp, opts.stride or opts.size)
         side = min(max(1024, math.ceil(8 * max(reader.dimensions) / grid.tile0)), 4096)
-        mask = tissue_mask(reader.thumbnail(side))
+        mask = thumbnail_tissue_mask(reader.thumbnail(side))
         rc = np.argwhere(tile_tissue_fraction(mask, grid, reader.dimensions) >= opts.min_tissue)
         xy = grid.origins(rc)
         boxes = np.concatenate([xy, xy + grid.tile0], axis=1).astype(np.float64)

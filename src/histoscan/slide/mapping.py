@@ -15,7 +15,6 @@ import numpy as np
 
 from histoscan.errors import HistoscanInputError
 from histoscan.folders import SlideDir
-from histoscan.inference.domain import domain_warnings, patch_colours, sample_rows
 from histoscan.inference.predictor import Predictor
 from histoscan.slide.io import SlideReader, open_slide, tumour_regions
 from histoscan.slide.render import write_heatmap, write_overlay
@@ -25,15 +24,15 @@ from histoscan.slide.tiles import (
     TileGrid,
     average_tiles,
     default_stride,
-    otsu_threshold,
     plan_grid,
     read_tile,
     smooth_heat,
     stream_tiles,
     tile_tissue_fraction,
     tiles_covering,
-    tissue_mask,
 )
+from histoscan.stain.domain import domain_warnings, patch_colours, sample_rows
+from histoscan.stain.tissue import thumbnail_tissue_mask
 from histoscan.utils.fs import guard_output, staged_folder
 
 __all__ = [  # the tiling names are re-exported from histoscan.slide.tiles
@@ -41,12 +40,10 @@ __all__ = [  # the tiling names are re-exported from histoscan.slide.tiles
     "SlideOptions",
     "TileGrid",
     "map_slide",
-    "otsu_threshold",
     "plan_grid",
     "read_tile",
     "stream_tiles",
     "tile_tissue_fraction",
-    "tissue_mask",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +71,8 @@ def map_slide(
         The summary written to summary.json.
     """
     opts = options or SlideOptions()
+    if opts.explain:
+        predictor.require_explainable()  # an ONNX model: said before the slide is read, not after
     guard_output(out, opts.force, "folder", "--out")
     reader = open_slide(slide, opts.mpp, opts.reader)
     try:
@@ -115,7 +114,7 @@ def _map(
     side = min(max(opts.thumbnail_size, math.ceil(8 * max(reader.dimensions) / grid.tile0)), 4096)
     thumb = reader.thumbnail(side)
     w0, h0 = reader.dimensions
-    mask = tissue_mask(thumb)
+    mask = thumbnail_tissue_mask(thumb)
     t_tiles = time.perf_counter()
     cell_frac = tile_tissue_fraction(mask, cells, reader.dimensions)
     tissue = cell_frac >= opts.min_tissue
@@ -258,9 +257,9 @@ def _explain(
     """Grad-CAM of the k most probable tumour tiles into out/explain/; when no tile reached the threshold, of
     the k most probable tiles anyway, their ids ending `_below-threshold` (and a note saying so)."""
     try:
-        from histoscan.explain.gradcam import explain_images  # lazy: only with --explain
+        from histoscan.gradcam.images import explain_images  # lazy: only with --explain
     except ImportError as e:
-        raise HistoscanInputError(f"--explain: histoscan.explain.gradcam is not available ({e})") from None
+        raise HistoscanInputError(f"--explain: histoscan.gradcam is not available ({e})") from None
     top = np.argsort(-probs, kind="stable")[:k]
     order = [i for i in top if probs[i] >= threshold]
     if order or not len(top):

@@ -1,4 +1,4 @@
-"""Slide tiling: tissue mask, the tile grid at the model's µm/px, and tiles streamed by background threads."""
+"""Slide tiling: the tile grid at the model's µm/px, and tiles streamed by background threads."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from PIL import Image
 from histoscan.errors import HistoscanInputError
 from histoscan.folders import SlideDir
 from histoscan.ranges import Options, opt
+from histoscan.utils.numeric import sigmoid
 
 if TYPE_CHECKING:
     from histoscan.slide.io import SlideReader
@@ -159,7 +160,7 @@ def smooth_heat(heat: np.ndarray, sigma: float, eps: float = 1e-4) -> np.ndarray
     num = ndimage.gaussian_filter(z, sigma, mode="constant", truncate=3.0)
     den = ndimage.gaussian_filter(ok.astype(np.float64), sigma, mode="constant", truncate=3.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = 1 / (1 + np.exp(-num / den))
+        out = sigmoid(num / den)
     return np.where(ok, out, np.nan).astype(np.float32)
 
 
@@ -191,40 +192,6 @@ def plan_grid(
     cols = max(1, math.ceil(max(w0 - tile0, 0) / stride0 - 1e-9) + 1)
     rows = max(1, math.ceil(max(h0 - tile0, 0) / stride0 - 1e-9) + 1)
     return TileGrid(level, ds, tile0, stride0, max(1, round(tile0 / ds)), image_size, rows, cols)
-
-
-def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold of uint8 values (hand-rolled: scikit-image is not a dependency)."""
-    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
-    w0 = np.cumsum(hist)
-    m0 = np.cumsum(hist * np.arange(256))
-    total, mean_all = w0[-1], m0[-1]
-    w1 = total - w0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mean_all * w0 - m0 * total) ** 2 / (w0 * w1)
-    between[~np.isfinite(between)] = 0
-    return float(np.argmax(between))
-
-
-def tissue_mask(rgb: np.ndarray, min_sat: int = 15, max_sat: int = 20) -> np.ndarray:
-    """Tissue pixels of a thumbnail: Otsu on HSV saturation, then closing, opening and hole filling.
-
-    The Otsu threshold is clamped to [min_sat, max_sat] (0..255) so that a blank slide finds no tissue and a
-    crop that is all tissue is not split into stroma vs nuclei. The ceiling of 20 (glass is ~3-10) keeps
-    pale tissue: on truth mosaics of PCam patches Otsu lands near 50, between pale and dark tissue, and a
-    ceiling of 50 lost 6-15 % of the tissue cells (20: 0.4-1.8 %; benchmarks/bench_maps.py). Enclosed holes
-    are filled: fat (white with thin membranes) is tissue, so a glass hole inside a section is too.
-    """
-    from scipy import ndimage  # lazy: keeps this module (and `histoscan slide --help`) light
-
-    sat = np.asarray(Image.fromarray(rgb).convert("HSV"))[..., 1]
-    sat = ndimage.median_filter(sat, 3)  # JPEG speckle; unlike a mean it does not grow tissue edges
-    thr = min(max(otsu_threshold(sat), min_sat), max_sat)
-    mask = sat > thr
-    disk = ndimage.generate_binary_structure(2, 1)
-    mask = ndimage.binary_closing(mask, disk, iterations=2, border_value=0)
-    mask = ndimage.binary_opening(mask, disk, iterations=2, border_value=0)
-    return ndimage.binary_fill_holes(mask)
 
 
 def tile_tissue_fraction(mask: np.ndarray, grid: TileGrid, dimensions: tuple[int, int]) -> np.ndarray:

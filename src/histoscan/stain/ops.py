@@ -1,9 +1,12 @@
-"""Low-level batched tensor ops for stain normalisation: optical density, masks, masked statistics, LAB."""
+"""Low-level batched tensor ops for stain and colour: the one optical density, tissue masks, masked statistics,
+LAB."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
+import numpy as np
 import torch
 
 MIN_PIXELS = 16  # absolute floor of tissue pixels for a covariance / percentile estimate
@@ -27,14 +30,31 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 def optical_density(pix: torch.Tensor, io: float) -> torch.Tensor:
+    """The one optical density: OD = -log((I + 1) / io) for intensities I = 255 * pix (pix in [0, 1]), floored
+    at 0 (I + 1 > io is brighter than the light source). Macenko's io is 240 (the normalisers); the colour-domain
+    check (:mod:`histoscan.stain.domain`) uses 256, so that only pure white has OD 0."""
     return -torch.log(((pix * 255.0 + 1.0) / io).clamp(max=1.0))
 
 
-def tissue_mask(od: torch.Tensor, beta: float, od_max: float) -> torch.Tensor:
-    # Mean OD, not Macenko's "every channel above beta": pale eosin-stained stroma has a bright red channel,
-    # and the every-channel rule called 20% of real idc-breast patches blank (mean rule: 0.5%); a mean OD
-    # above 0.15 still keeps near-white pixels, whose stain-plane angles are noise, out of the estimate.
-    return (od.mean(-1) > beta) & (od.amax(-1) < od_max)
+def od_table(io: float) -> np.ndarray:
+    """:func:`optical_density` of every uint8 intensity 0..255, float32: uint8 -> OD as one lookup."""
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    return optical_density(levels, io).to(torch.float32).numpy()
+
+
+def tissue_mask(
+    od: torch.Tensor, beta: float, od_max: float = math.inf, rule: Literal["mean", "any"] = "mean"
+) -> torch.Tensor:
+    """Stained (tissue) pixels of OD pixels ... x 3: OD above `beta` and every channel below `od_max`.
+
+    `rule` says which OD is compared with `beta`. "mean" (the normalisers): the mean over the channels. Not
+    Macenko's "every channel above beta": pale eosin-stained stroma has a bright red channel, and the
+    every-channel rule called 20% of real idc-breast patches blank (mean rule: 0.5%); a mean OD above 0.15
+    still keeps near-white pixels, whose stain-plane angles are noise, out of the estimate. "any": any channel
+    (the colour-domain statistics, "od-share-v1": stored in every run's data.json, so their rule stays).
+    """
+    level = od.mean(-1) if rule == "mean" else od.amax(-1)
+    return (level > beta) & (od.amax(-1) < od_max)
 
 
 def masked_quantile(v: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:

@@ -19,11 +19,12 @@ from histoscan.data.loader import StoreDataModule
 from histoscan.data.splits import check_grouping, make_folds, make_split
 from histoscan.data.store import PatchStore, require_labelled, resolve_store, write_skipped
 from histoscan.errors import HistoscanInputError, Interrupted
-from histoscan.evaluation.calibration import fit_decision
 from histoscan.inference.predictor import load_torch_predictor
 from histoscan.inference.tta import infer
-from histoscan.models import REGISTRY, check_model_name
+from histoscan.models import REGISTRY, check_model_options
+from histoscan.models.classifier import model_kwargs
 from histoscan.run import RunDir
+from histoscan.scoring.calibration import fit_decision
 from histoscan.training.module import PatchModule
 from histoscan.training.progress import Echo, end_summary, start_line, stop_reason
 from histoscan.training.resume import changed, resume_config
@@ -115,7 +116,7 @@ def train(
         config = resume_config(saved, config, given)  # refused here: nothing has been written
         record = rank == 0 and changed(saved, config)
     else:
-        check_model_name(config.model)
+        check_model_options(config.model, **model_kwargs(config))  # a model rejects an option it ignores
         if rank == 0:
             guard_output(config.out, force, "folder", "--out")
     placement(config)  # a bad --accelerator/--devices fails before any data is prepared
@@ -242,7 +243,7 @@ def _interrupted_message(run: RunDir, config: TrainConfig, resume: bool) -> str:
 def _data_summary(store: PatchStore, split: np.ndarray) -> dict[str, Any]:
     """data.json: the training store, its split counts and the colour statistics of (a sample of up to 2,000)
     train-split patches, which predict/evaluate/slide compare their input against."""
-    from histoscan.inference.domain import colour_stats
+    from histoscan.stain.domain import colour_stats
 
     counts = {
         name: {

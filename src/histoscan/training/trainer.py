@@ -20,6 +20,7 @@ from histoscan.errors import HistoscanInputError
 from histoscan.run import RunDir
 from histoscan.training.module import EpochSeeding, MetricsCSV
 from histoscan.training.progress import Echo, EpochBar, EpochLines, is_terminal
+from histoscan.utils.device import cuda_count
 
 
 def process_rank() -> int:
@@ -39,7 +40,7 @@ def process_rank() -> int:
 
 def placement(config: TrainConfig) -> tuple[str, int]:
     """(accelerator, processes per node): `--accelerator auto` is every visible GPU, else one CPU process."""
-    gpus = torch.cuda.device_count()
+    gpus = cuda_count()
     accelerator = config.accelerator if config.accelerator != "auto" else ("gpu" if gpus else "cpu")
     if accelerator == "gpu" and not gpus:
         raise HistoscanInputError("--accelerator gpu: no CUDA GPU is visible to this process")

@@ -30,10 +30,13 @@ import numpy as np
 from histoscan.config import TrainConfig, option_name
 from histoscan.data.store import resolve_store
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.metrics import compute_metrics
 from histoscan.folders import RunDir, TuneDir
 from histoscan.inference.predictor import load_torch_predictor
 from histoscan.inference.tta import infer
+from histoscan.models import OPTIONS, check_model_options, model_options
+from histoscan.models.classifier import model_kwargs
+from histoscan.scoring import DEFAULT_THRESHOLD
+from histoscan.scoring.metrics import compute_metrics
 from histoscan.training.progress import Echo
 from histoscan.training.train import train
 from histoscan.utils.fs import atomic_path, atomic_write_text, guard_output
@@ -51,6 +54,15 @@ SEARCH_SPACE: dict[str, tuple[str, Any]] = {
     "batch_size": ("choice", [32, 64, 128]),
     "augment": ("choice", ["d4", "d4,color", "d4,hed", "d4,affine"]),
 }
+
+
+def search_space(model: str) -> list[str]:
+    """The fields of SEARCH_SPACE a study of `model` searches by default: a model option (dropout) only where
+    the model honours it (:func:`histoscan.models.model_options`); the training options always."""
+    honoured = model_options(model)
+    return [p for p in SEARCH_SPACE if p not in OPTIONS or p in honoured]
+
+
 STUDY = "histoscan"
 _NOT_FIXED = ("data", "out", "folds", "fold")  # TrainConfig fields that are no fixed option of a study
 _FORCE = "pass --force to start a new study (replacing this one)"
@@ -90,7 +102,7 @@ def _fold_auc(run: Path, store: Any) -> float:
     split = RunDir(run).read_split()
     rows = np.array([i for i, pid in enumerate(store.ids) if split.get(pid) == "test"], dtype=np.int64)
     probs = sigmoid(infer(load_torch_predictor(run), store.images, rows, desc="fold test"))
-    auc = compute_metrics(store.labels[rows].astype(int), probs, 0.5, n_boot=0)["auc"]
+    auc = compute_metrics(store.labels[rows].astype(int), probs, DEFAULT_THRESHOLD, n_boot=0)["auc"]
     return float("nan") if auc is None else float(auc)
 
 
@@ -234,7 +246,7 @@ def tune(
             runs). An existing tune folder of the same study is continued; `force` starts a new study.
         n_trials: finished trials (complete or pruned) the study should hold in the end.
         folds: grouped folds of the split; `use_folds` are the ones each trial trains and scores.
-        params: names of SEARCH_SPACE to search (default all).
+        params: names of SEARCH_SPACE to search (default :func:`search_space` of the model: all it uses).
         timeout: stop starting new trials after this many seconds.
         echo: receives one line per trial.
         pruner: an Optuna pruner (default: median rule after 2 trials, from the second epoch).
@@ -250,11 +262,18 @@ def tune(
     from optuna_integration import PyTorchLightningPruningCallback
 
     config.validate()
-    params = list(params or SEARCH_SPACE)
+    check_model_options(config.model, **model_kwargs(config))
+    params = list(params or search_space(config.model))
     unknown = [p for p in params if p not in SEARCH_SPACE]
     if unknown:
         raise HistoscanInputError(
             f"--params {','.join(params)}: unknown {unknown[0]} (choose from {', '.join(SEARCH_SPACE)})"
+        )
+    unused = [p for p in params if p not in search_space(config.model)]
+    if unused:
+        raise HistoscanInputError(
+            f"--params {','.join(params)}: model {config.model} has no {unused[0]} to search "
+            f"(it uses {', '.join(search_space(config.model))})"
         )
     if n_trials < 1 or folds < 2 or not use_folds or any(not 0 <= k < folds for k in use_folds):
         raise HistoscanInputError(f"--trials {n_trials} / --folds {folds} / --use-folds {list(use_folds)}: need "

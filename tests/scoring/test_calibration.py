@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.calibration import calibration_report, fit_temperature, nll
-from histoscan.evaluation.metrics import compute_metrics
+from histoscan.scoring.calibration import calibration_report, fit_temperature, nll
+from histoscan.scoring.metrics import compute_metrics
 from histoscan.utils.numeric import sigmoid
 
 

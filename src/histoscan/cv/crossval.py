@@ -14,9 +14,10 @@ import numpy as np
 from histoscan.config import TrainConfig
 from histoscan.errors import HistoscanInputError
 from histoscan.evaluation.evaluate import evaluate
-from histoscan.evaluation.metrics import compute_metrics
 from histoscan.folders import CvDir, EvalDir, RunDir
 from histoscan.inference.card import threshold_fields
+from histoscan.scoring import DEFAULT_THRESHOLD
+from histoscan.scoring.metrics import compute_metrics
 from histoscan.training.progress import Echo
 from histoscan.training.train import train
 from histoscan.utils.fs import guard_output
@@ -92,7 +93,8 @@ def crossval(
     p = np.array([float(r["probability"]) for r in rows])
     groups = [r["group"] for r in rows]
     groups = groups if all(groups) else None
-    pooled = compute_metrics(y, p, 0.5, groups=groups)  # ranking metrics (AUC, PR-AUC, Brier, ECE) with CIs
+    # ranking metrics (AUC, PR-AUC, Brier, ECE) with CIs; the decisions are the folds' own, below
+    pooled = compute_metrics(y, p, DEFAULT_THRESHOLD, groups=groups)
     _pooled_decisions(pooled, y, np.array([int(r["decision"]) for r in rows]), groups)
     result = {
         "folds": folds,
@@ -127,7 +129,7 @@ def _fmt(x: float | None) -> str:
 
 def _pooled_decisions(pooled: dict[str, Any], y: np.ndarray, d: np.ndarray, groups: list[str] | None) -> None:
     """Replace the threshold-dependent entries of `pooled` by those of the per-fold decisions d (0/1), with CIs."""
-    m = compute_metrics(y, d.astype(float), 0.5, groups=groups)
+    m = compute_metrics(y, d.astype(float), DEFAULT_THRESHOLD, groups=groups)
     for k in ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "confusion"):
         if k in m:
             pooled[k] = m[k]

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from run_fixtures import idc_store, make_run
 
 from histoscan.cli import main
 from histoscan.data.images import decode_image, fit_image
 from histoscan.evaluation.evaluate import evaluate
-from histoscan.inference.domain import (
+from histoscan.inference.predict import predict
+from histoscan.inference.predictor import load_predictor
+from histoscan.stain.domain import (
     COLOUR_LIMIT,
     check_colour,
     check_resolution,
@@ -24,8 +27,7 @@ from histoscan.inference.domain import (
     patch_colours,
     training_colour_stats,
 )
-from histoscan.inference.predict import predict
-from histoscan.inference.predictor import load_predictor
+from histoscan.stain.ops import od_table, tissue_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -191,3 +193,44 @@ def test_no_statistics_no_colour_check(idc_run, idc, tmp_path: Path) -> None:
     assert training_colour_stats(load_predictor(ckpt)) is None
     assert training_colour_stats(load_predictor(run))["method"] == "od-share-v1"
     assert check_colour(grey(idc["held_out"]), None) is None
+
+
+def test_colour_statistics_unchanged_by_the_move_to_stain(idc, stats) -> None:
+    """The colour check's numbers on real patches are those of its first implementation (inference/domain.py,
+    its own OD lookup), now that the optical density and stained-pixel rule are stain.ops' (io 256, "any")."""
+    first = patch_colours(idc["train"][:3])
+    np.testing.assert_allclose(
+        first,
+        [
+            [0.240226224, 0.325075537, -0.0864653215, 230.869995, 218.565994, 224.698807],
+            [0.211927965, 0.291329980, 0.347802788, 198.348404, 145.147598, 179.670802],
+            [0.247215316, 0.276186200, 0.552100003, 167.377594, 112.984802, 158.299606],
+        ],
+        rtol=2e-6,
+    )
+    assert stats["n"] == 600
+    np.testing.assert_allclose(stats["mean"], [0.19946, 0.314937, 0.205562], rtol=2e-5)
+    np.testing.assert_allclose(stats["std"], [0.0532501, 0.0315367, 0.337619], rtol=2e-5)
+    np.testing.assert_allclose(
+        stats["cov"],
+        [
+            [0.0028403, -0.00125063, 0.0074903],
+            [-0.00125063, 0.000996221, -0.0050876],
+            [0.0074903, -0.0050876, 0.114177],
+        ],
+        rtol=2e-5,
+    )
+    assert colour_distance(patch_colours(idc["held_out"]), stats) == pytest.approx(0.200786, abs=2e-5)
+    white = np.full((2, 50, 50, 3), 255, np.uint8)
+    assert np.isnan(patch_colours(white)[:, :3]).all()  # no stained pixel: no colour to compare
+
+
+def test_optical_density_table_is_the_stain_formula() -> None:
+    """The uint8 lookup is stain.ops.optical_density at io 256: -log((I + 1) / 256), 0 for white."""
+    table = od_table(256.0)
+    assert table.dtype == np.float32 and table[255] == 0.0
+    np.testing.assert_allclose(table, -np.log((np.arange(256) + 1) / 256), rtol=1e-6)
+    od = torch.tensor([[[0.2, 0.1, 0.1], [0.1, 0.1, 0.1], [0.3, 0.3, 0.3]]])
+    assert tissue_mask(od, 0.15, rule="any").tolist() == [[True, False, True]]
+    assert tissue_mask(od, 0.15, rule="mean").tolist() == [[False, False, True]]
+    assert tissue_mask(od, 0.15, od_max=0.25, rule="any").tolist() == [[True, False, False]]

@@ -12,6 +12,8 @@ from torch import nn
 
 from histoscan.errors import HistoscanInputError
 from histoscan.models.classifier import PatchClassifier
+from histoscan.scoring import DEFAULT_THRESHOLD
+from histoscan.utils.numeric import sigmoid
 
 
 def feature_shapes(net: nn.Module, image_size: int) -> dict[str, tuple[int, ...]]:
@@ -179,7 +181,7 @@ def cam_maps(
     classifier: PatchClassifier,
     images: np.ndarray,
     target_layer: str | Sequence[str],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = 32,
     method: str = "auto",
     zero_flat: bool = True,
@@ -250,5 +252,5 @@ def cam_maps(
             hook.remove()
     if zero_flat:
         maps[spread < FLAT_SPREAD] = 0.0
-    probs = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    probs = sigmoid(logits).astype(np.float32)
     return CamMaps(maps, probs, logits, spread)

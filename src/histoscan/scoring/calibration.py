@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.metrics import choose_run_threshold, expected_calibration_error
+from histoscan.scoring.metrics import choose_run_threshold, expected_calibration_error
 from histoscan.utils.numeric import sigmoid
 
 T_MIN, T_MAX = 0.05, 20.0  # a separable validation split would drive T to 0: bounded

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from histoscan.errors import HistoscanInputError
+from histoscan.scoring import DEFAULT_THRESHOLD
 
 ECE_BINS = 15
 CI_KEYS = ("auc", "balanced_accuracy", "f1")
@@ -19,7 +20,7 @@ _PAIR_MAX_UNITS = 1000  # group bootstrap through the G x G pair table up to thi
 
 # Hand-rolled in numpy rather than torchmetrics/scikit-learn: the bootstrap needs every metric computed for
 # 1000+ weighted resamples at once (one sort, then matrix operations); those libraries loop per resample.
-# tests/test_metrics.py checks each number against scikit-learn.
+# tests/scoring/test_metrics.py checks each number against scikit-learn.
 
 
 def _check(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -369,9 +370,14 @@ def choose_run_threshold(
     y, p = _check(y_val, p_val)
     info: dict[str, Any] = {"n_val": len(y), "n_val_positive": int(y.sum())}
     if y.min() == y.max():
-        return {"threshold": 0.5, "method": "default", "note": "validation split has one class", **info}
+        return {
+            "threshold": DEFAULT_THRESHOLD,
+            "method": "default",
+            "note": "validation split has one class",
+            **info,
+        }
     method = rule or ("sensitivity" if target_sensitivity is not None else "youden")
-    t = 0.5 if method == "0.5" else select_threshold(y, p, method, target_sensitivity)
+    t = DEFAULT_THRESHOLD if method == "0.5" else select_threshold(y, p, method, target_sensitivity)
     pred = p >= t
     info["val_sensitivity"] = float(pred[y == 1].mean())
     info["val_specificity"] = float((~pred[y == 0]).mean())

@@ -1,18 +1,19 @@
-"""Input vs the model's training domain: resolution (µm/px) and stain-colour checks, one warning line each."""
+"""Input vs the model's training domain: resolution (µm/px) and stain-colour checks, one warning line each.
+
+Colour statistics live next to the stain code: the optical density and the stained-pixel rule are
+:mod:`histoscan.stain.ops`'s (with io 256 and the "any channel" rule, see :func:`~histoscan.stain.ops.tissue_mask`).
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from histoscan.errors import HistoscanInputError
-from histoscan.run import RunDir
-
-if TYPE_CHECKING:
-    from histoscan.inference.predictor import Predictor
+from histoscan.stain.ops import od_table, tissue_mask
 
 RESOLUTION_TOLERANCE = 1.25  # data and model µm/px may differ by this factor either way
 COLOUR_LIMIT = 4.0  # Mahalanobis distance (per-patch SDs) of the data's mean colour from the training mean
@@ -22,7 +23,16 @@ MIN_TISSUE = 0.05  # a patch with less stained area has no colour to compare
 COLOUR_METHOD = "od-share-v1"
 FEATURES = ("od_red_share", "od_blue_share", "log_od_density")
 COLUMNS = FEATURES + ("mean_r", "mean_g", "mean_b")  # patch_colours' columns; the RGB only for messages
-_OD = -np.log((np.arange(256, dtype=np.float32) + 1) / 256)  # uint8 -> optical density, one lookup
+OD_IO = 256.0  # the colour check's light level: only pure white has OD 0
+_OD = od_table(OD_IO)  # uint8 -> optical density, one lookup
+
+
+class Model(Protocol):
+    """What the checks need of a model: its card (µm/px, stain) and its training-data record (data.json)."""
+
+    card: Any
+
+    def training_data(self) -> dict | None: ...
 
 
 def check_resolution(data_mpp: float | None, model_mpp: float | None, what: str = "patches") -> str | None:
@@ -77,7 +87,7 @@ def patch_colours(images: Any, rows: np.ndarray | None = None, chunk: int = 256)
             raise HistoscanInputError(f"images: expected uint8 N x H x W x 3, got {part.dtype} {part.shape}")
         flat = part.reshape(len(part), -1, 3)
         od = _OD[flat]
-        stained = od.max(-1) > OD_BETA
+        stained = tissue_mask(torch.from_numpy(od), OD_BETA, rule="any").numpy()
         count = stained.sum(1)
         total = np.einsum("npc,np->nc", od, stained.astype(np.float32))
         dens = total.sum(1)
@@ -194,28 +204,17 @@ def check_colour(
     return check_colour_features(patch_colours(images, rows[sample_rows(len(rows))]), stats, what)
 
 
-def training_colour_stats(predictor: Predictor) -> dict | None:
-    """The model's training colour statistics: RUN/data.json "colour", else an ONNX export's training_data
-    metadata; None when there are none (a bare checkpoint, an old run, an export without them)."""
-    card = predictor.card
-    info: Any = None
-    if card.run_dir:
-        try:
-            info = RunDir(card.run_dir).read_data()
-        except HistoscanInputError:
-            info = None
-    if not info:
-        raw = getattr(predictor, "raw", None) or {}
-        try:
-            info = json.loads(raw.get("training_data") or "{}")
-        except (ValueError, TypeError):
-            info = None
+def training_colour_stats(predictor: Model) -> dict | None:
+    """The model's training colour statistics (the "colour" entry of :meth:`Predictor.training_data`: RUN/data.json,
+    else an ONNX export's training_data metadata); None when there are none (a bare checkpoint, an old run, an
+    export without them)."""
+    info = predictor.training_data()
     stats = info.get("colour") if isinstance(info, dict) else None
     return stats if isinstance(stats, dict) and stats.get("method") == COLOUR_METHOD else None
 
 
 def domain_warnings(
-    predictor: Predictor,
+    predictor: Model,
     data_mpp: float | None,
     images: Any = None,
     rows: np.ndarray | None = None,

@@ -7,9 +7,9 @@ import pytest
 from sklearn import metrics as skm
 from tolerance import F32_EPS
 
-import histoscan.evaluation.metrics as hm
+import histoscan.scoring.metrics as hm
 from histoscan.errors import HistoscanInputError
-from histoscan.evaluation.metrics import (
+from histoscan.scoring.metrics import (
     bootstrap_ci,
     choose_run_threshold,
     compute_metrics,
