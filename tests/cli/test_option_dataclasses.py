@@ -21,7 +21,13 @@ from histoscan.options.model import (
     ExportOptions,
     PredictOptions,
 )
-from histoscan.options.slide import CohortOptions, EngineOptions, SlideCommandOptions
+from histoscan.options.slide import (
+    CohortOptions,
+    EngineOptions,
+    SlideCommandOptions,
+    TilesCommandOptions,
+    TilesOptions,
+)
 from histoscan.options.stain import StainApplyOptions, StainFitOptions
 from histoscan.options.training import CvOptions, RunOptions, TuneOptions
 from histoscan.serve.settings import ServeSettings
@@ -39,6 +45,7 @@ SOURCES = {
     "explain": [ExplainOptions],
     "slide": [SlideCommandOptions, SlideOptions],
     "slides": [CohortOptions, SlideOptions, EngineOptions],
+    "tiles": [TilesCommandOptions, TilesOptions],
     "stain": [],
     "stain fit": [StainFitOptions],
     "stain apply": [StainApplyOptions],

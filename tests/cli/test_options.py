@@ -35,6 +35,7 @@ BASE = {
     "predict": ["run", "--data", "data", "--out", "p.csv"],
     "slide": ["run", "s.svs", "--out", "sl"],
     "slides": ["run", "slides", "--out", "cohort"],
+    "tiles": ["s.svs", "--annotations", "a.xml", "--out", "store"],
     "stain fit": ["imgs", "--out", "stain.json"],
     "export": ["run", "--out", "m.onnx"],
     "serve": ["run"],

@@ -59,7 +59,8 @@ def test_index_escapes_names_paths_and_errors(tmp_path: Path) -> None:
     imgs = [a["src"] for t, a in parser.tags if t == "img"]
     assert imgs == ["a&b<c>/thumbnail.jpg", "a&b<c>/overlay.png"]  # none for the failed slide
     values = [a["data-v"] for t, a in parser.tags if t == "td"]
-    assert values[:9] == ["a&b<c>", "a&b<c>", "ok", "1.2346", "0.5000", "0.8750", "3", "2.50", ""]
-    assert values[9:] == ["bad'one", "bad'one", "failed", "", "", "", "", "2.50", rows[1]["error"]]
+    truth = ["", "", "", ""]  # tile AUC, Dice, lesions, FROC: empty when a slide was not scored (--truth)
+    assert values[:13] == ["a&b<c>", "a&b<c>", "ok", "1.2346", "0.5000", "0.8750", "3", "2.50", *truth, ""]
+    assert values[13:] == ["bad'one", "bad'one", "failed", "", "", "", "", "2.50", *truth, rows[1]["error"]]
     assert [a.get("class") for t, a in parser.tags if t == "tr"] == [None, "ok", "failed"]
     assert "histoscan slides: x&y<z>" in parser.text and "note <b>bold</b>" in parser.text

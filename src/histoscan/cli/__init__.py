@@ -29,6 +29,7 @@ COMMANDS = [
     "explain",
     "slide",
     "slides",
+    "tiles",
     "stain",
     "export",
     "serve",

@@ -41,13 +41,19 @@ def run(args: argparse.Namespace) -> int:
     o = build(SlideCommandOptions, args)
     opts = build(SlideOptions, args, force=o.force)
     predictor = load_predictor(*o.source, o.device)
-    s = map_slide(predictor, o.slide, o.out, opts, progress=not o.no_progress, echo=print)
+    s = map_slide(predictor, o.slide, o.out, opts, progress=not o.no_progress, echo=print, truth=o.truth)
     print(
         f"{Path(o.slide).name}: {s['n_tissue_tiles']} tissue tiles of {s['n_tiles']} "
         f"(level {s['level']}, {s['tile_size_level0']:.0f} px at level 0), {s['n_tumour_tiles']} above "
         f"{s['threshold']:.3f} in {s['n_regions']} regions ({s['tumour_area_mm2']:.3f} of "
         f"{s['tissue_area_mm2']:.2f} mm² tissue), {s['seconds']:.1f} s"
     )
+    if s.get("truth"):
+        t = s["truth"]
+        auc = "n/a" if t["tile_auc"] is None else f"{t['tile_auc']:.3f}"
+        froc = "n/a" if t["froc"] is None else f"{t['froc']:.3f}"
+        print(f"truth: tile AUC {auc}, Dice {t['dice']:.3f} at the threshold, {t['lesions']} lesion(s), FROC {froc} "
+              f"({SlideDir(o.out).truth_path})")  # fmt: skip
     for line in s["warnings"]:
         print(f"warning: {line}")
     for note in s["notes"]:

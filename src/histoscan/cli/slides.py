@@ -49,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
         elif row["status"] == "ok":
             n = len(row.get("warnings") or [])
             warn = f"; {n} warning{'s' if n > 1 else ''} in {SlideDir(row['id']).summary_path}" if n else ""
+            scored = ""
+            if row.get("truth_dice") is not None:
+                auc = row["truth_tile_auc"]
+                scored = f", tile AUC {'n/a' if auc is None else f'{auc:.3f}'}, Dice {row['truth_dice']:.3f}"
             print(
-                f"{row['id']}: ok, tumour {row['tumour_mm2']:.3f} mm², {row['seconds']:.1f} s{warn}",
+                f"{row['id']}: ok, tumour {row['tumour_mm2']:.3f} mm²{scored}, {row['seconds']:.1f} s{warn}",
                 flush=True,
             )
         else:
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         ray_address=engine.ray_address,
         progress=not o.no_progress and engine.engine == "local",
         on_result=show,
+        truth=o.truth,
     )
     cohort = CohortDir(o.out)
     if skipped:
@@ -84,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         f"skipped) in {r.seconds:.1f} s on {r.workers} {r.engine} worker{'s' if r.workers > 1 else ''}"
         f"{rate}; wrote {cohort.csv_path} and {cohort.index_path}"
     )
+    if r.froc is not None and r.froc["score"] is not None:
+        levels = ", ".join(f"{v:.2f}" for k, v in r.froc.items() if k.startswith("sens_at"))
+        print(
+            f"FROC {r.froc['score']:.3f} over {r.froc['slides']} scored slides ({r.froc['lesions']} lesions; "
+            f"sensitivity at 1/4, 1/2, 1, 2, 4, 8 false positives per slide: {levels})"
+        )
     if r.n_failed:
         print(
             f"histoscan slides: {r.n_failed} of {len(r.rows)} slides failed (see {cohort.csv_path}); "

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from histoscan.utils.fs import atomic_write_text
+from histoscan.utils.fs import atomic_write_json, atomic_write_text
 
 
 class SlideDir:
@@ -27,6 +27,7 @@ class SlideDir:
     SUMMARY = "summary.json"
     THUMBNAIL = "thumbnail.jpg"
     EXPLAIN = "explain"
+    TRUTH = "truth.json"  # with --truth: the map scored against the slide's outlines
     OUTPUTS: ClassVar[tuple[str, ...]] = (HEATMAP, HEATMAP_PNG, OVERLAY, TILES, REGIONS, SUMMARY)
 
     def __init__(self, path: str | Path):
@@ -66,6 +67,17 @@ class SlideDir:
     @property
     def explain(self) -> Path:
         return self.path / self.EXPLAIN
+
+    @property
+    def truth_path(self) -> Path:
+        return self.path / self.TRUTH
+
+    def write_truth(self, scores: dict[str, Any]) -> None:
+        atomic_write_json(self.truth_path, scores)
+
+    def read_truth(self) -> dict[str, Any] | None:
+        """truth.json, or None when the slide was mapped without outlines."""
+        return json.loads(self.truth_path.read_text()) if self.truth_path.is_file() else None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))

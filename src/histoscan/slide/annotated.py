@@ -10,7 +10,6 @@ is packed from the parts at the end, with a manifest of what each slide gave, sk
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -18,7 +17,6 @@ import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from histoscan.data.patchstore import PatchStore
 from histoscan.data.store import pack_source
 from histoscan.errors import HistoscanInputError
 from histoscan.folders import StoreDir
-from histoscan.ranges import Options, opt
+from histoscan.options.slide import TilesOptions
 from histoscan.slide.annotations import (
     SlideAnnotations,
     annotation_for,
@@ -43,52 +41,6 @@ from histoscan.stain.tissue import thumbnail_tissue_mask
 from histoscan.utils.fs import guard_output
 
 MANIFEST_COLUMNS = ["slide", "annotations", "tissue_tiles", "tumour", "normal", "skipped_unannotated", "warnings"]
-
-
-@dataclass
-class TilesOptions(Options):
-    """How annotated slides are cut into labelled tiles. Every default, range and help of `histoscan tiles`."""
-
-    mpp: float = opt(0.972, "tile µm/px (PCam: 0.972)", kind=float, low=0, low_open=True, high=1000)
-    size: int = opt(96, "tile side in px at --mpp (PCam: 96)", kind=int, low=8, high=4096)
-    stride: int | None = opt(None, "tile step in px at --mpp (default: the tile size)", kind=int, low=1, high=4096)
-    label_rule: str = opt(
-        "centre",
-        "tumour when any tumour pixel lies in the tile's central --centre px square (PCam's rule), or when at "
-        "least --fraction of the tile is tumour",
-        choices=("centre", "fraction"),
-    )
-    centre: int = opt(32, "side of the central square the centre rule looks at, px", kind=int, low=1, high=4096)
-    fraction: float = opt(
-        0.5, "tumour share of a tile for --label-rule fraction", kind=float, low=0, low_open=True, high=1
-    )
-    unannotated: str = opt(
-        "normal",
-        "tissue outside every outline: normal (Camelyon's convention) or skip (partly annotated slides)",
-        choices=("normal", "skip"),
-    )
-    label_map: str | None = opt(
-        None,
-        "NAME=LABEL,... class names to tumour / normal / ignore, over the defaults (Camelyon _0 _1 _2 Tumor "
-        "metastases Exclusion; QuPath Tumor Normal Stroma Other)",
-        metavar="MAP",
-    )
-    min_tissue: float = opt(0.5, "tissue share a tile needs to be taken", kind=float, low=0, high=1)
-    slide_mpp: float | None = opt(
-        None, "the slides' level-0 µm/px, overriding their metadata", kind=float, low=0, low_open=True, high=1000
-    )
-    read_threads: int = opt(2, "tile-reading threads", kind=int, low=1, high=256)
-    force: bool = opt(False, cli=False)  # set from the command's --force
-
-    def check(self) -> None:
-        if self.centre > self.size:
-            raise HistoscanInputError(f"--centre {self.centre}: at most the tile size {self.size}")
-        parse_label_map(self.label_map)  # a bad map fails before any slide is read
-
-    def key(self) -> str:
-        """What decides a slide's tiles (parts made with another key are cut again)."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("read_threads", "force")}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def slide_id(path: Path) -> str:

@@ -47,6 +47,7 @@ class CohortReport:
     restarts: int = 0  # Ray workers that died and were replaced
     seconds: float = 0.0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # per worker (host:pid)
+    froc: dict | None = None  # with --truth: Camelyon16's FROC pooled over the scored slides
 
     @property
     def n_ok(self) -> int:
@@ -67,6 +68,7 @@ def run_cohort(
     backend: str = "auto",
     device: str = "auto",
     force: bool = False,
+    truth: str | Path | None = None,
     workers: int | None = None,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
@@ -98,6 +100,9 @@ def run_cohort(
         workers, cpus_per_worker, gpus_per_worker, ray_address: Ray only (see :class:`RayEngine`).
         progress: tqdm bar per slide (local engine).
         on_result: called with each slide's row as it is finished (or skipped, with `skipped` set).
+        truth: outlines to score the maps against (a folder of <slide stem>.xml / .geojson, or one file for a
+            one-slide cohort; slide/annotations.py); slides without a file are mapped, not scored. The cohort's
+            pooled FROC is in the report (`froc`) and the index.
 
     Raises:
         HistoscanInputError: bad INPUT, MODEL or options (before any slide is mapped).
@@ -107,6 +112,8 @@ def run_cohort(
     opts = options or SlideOptions()
     dest = Path(out).expanduser()
     items = list_cohort(source, exclude=dest)
+    if truth is not None:
+        items = _with_truth(items, Path(truth))
     if engine not in ("local", "ray"):
         raise HistoscanInputError(f"--engine {engine}: choose local or ray")
     if engine == "local" and workers not in (None, 1):
@@ -201,11 +208,48 @@ def _finish(
     report.workers, report.restarts = runner.workers, runner.restarts
     report.seconds = time.perf_counter() - t0
     write_cohort_csv(CohortDir(dest).csv_path, report.rows)
+    report.froc = _pooled_froc(dest, report.rows)
+    scored = ""
+    if report.froc is not None and report.froc["score"] is not None:
+        f = report.froc
+        scored = (f" · FROC {f['score']:.3f} over {f['slides']} scored slides, {f['lesions']} lesions "
+                  f"(sensitivity at 1/4..8 FP per slide: "
+                  + ", ".join(f"{v:.2f}" for k, v in f.items() if k.startswith("sens_at")) + ")")  # fmt: skip
     note = (
-        f"{report.n_ok} ok, {report.n_failed} failed of {len(items)} slides · model {report.model_id} · "
+        f"{report.n_ok} ok, {report.n_failed} failed of {len(items)} slides · model {report.model_id}{scored} · "
         f"updated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · histoscan {__version__}"
     )
     write_index(dest, report.rows, f"histoscan slides: {dest.name}", note)
+
+
+def _with_truth(items: list[CohortItem], truth: Path) -> list[CohortItem]:
+    """Each slide with its outlines file (annotation_for): a file serves a one-slide cohort only."""
+    from dataclasses import replace
+
+    from histoscan.slide.annotations import annotation_for
+
+    if truth.is_file() and len(items) > 1:
+        raise HistoscanInputError(
+            f"--truth {truth}: one file serves one slide; give a folder of <slide stem>.xml / .geojson files "
+            f"for {len(items)} slides"
+        )
+    return [replace(it, truth=annotation_for(it.path, truth)) for it in items]
+
+
+def _pooled_froc(dest: Path, rows: list[dict]) -> dict | None:
+    """Camelyon16's FROC over the ok slides that were scored (their truth.json detections), or None."""
+    import numpy as np
+
+    from histoscan.slide.truth import froc
+
+    counts = []
+    for r in rows:
+        t = SlideDir(CohortDir(dest).slide(r["id"])).read_truth() if r["status"] == "ok" else None
+        if t is not None:
+            counts.append(np.asarray(t["detections"]["counts"]))
+    if not counts:
+        return None
+    return {"slides": len(counts), "lesions": int(sum(c[0, 1] for c in counts)), **froc(counts)}
 
 
 def _check_out(dest: Path, force: bool) -> None:
@@ -303,6 +347,7 @@ def _commit(dest: Path, item: CohortItem, key: dict, result: SlideResult, report
         "tumour_tiles": s.get("n_tumour_tiles"),
         "tissue_tiles": s.get("n_tissue_tiles"),
         "warnings": s.get("warnings", []),
+        **{f"truth_{k}": (s.get("truth") or {}).get(k) for k in ("tile_auc", "dice", "lesions", "froc")},
     }
     staged = Path(result.folder) if result.folder else _unpack(result.files or {}, folder.work / item.id)
     atomic_write_json(folder.done_marker(staged), record)

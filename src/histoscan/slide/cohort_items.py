@@ -23,11 +23,13 @@ _MIB = 1 << 20
 
 @dataclass(frozen=True)
 class CohortItem:
-    """One slide of a cohort: its id (DIR/<id>/), path, and level-0 µm/px from the CSV (None: metadata)."""
+    """One slide of a cohort: its id (DIR/<id>/), path, level-0 µm/px from the CSV (None: metadata), and its
+    outlines (`slides --truth`; None: mapped, not scored)."""
 
     id: str
     path: Path
     mpp: float | None = None
+    truth: Path | None = None
 
 
 def list_cohort(source: str | Path, exclude: str | Path | None = None) -> list[CohortItem]:
@@ -186,4 +188,7 @@ def settings_key(card: ModelCard, options: SlideOptions, item: CohortItem) -> st
     keep["model_mpp"] = options.model_mpp or card.mpp
     keep["threshold"] = card.threshold if options.threshold is None else options.threshold
     keep["image_size"] = card.image_size
+    if item.truth is not None:  # new or edited outlines: the slide is scored again
+        st = item.truth.stat()
+        keep["truth"] = [str(item.truth.resolve()), st.st_size, st.st_mtime_ns, options.label_map]
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]

@@ -22,8 +22,13 @@ COLUMNS = (
     "tumour_tiles",
     "seconds",
     "model_id",
+    "truth_tile_auc",  # with --truth: the map scored against the slide's outlines (empty: not scored)
+    "truth_dice",
+    "truth_lesions",
+    "truth_froc",
 )
-_FORMATS = {"tissue_mm2": "{:.4f}", "tumour_mm2": "{:.4f}", "max_probability": "{:.4f}", "seconds": "{:.2f}"}
+_FORMATS = {"tissue_mm2": "{:.4f}", "tumour_mm2": "{:.4f}", "max_probability": "{:.4f}", "seconds": "{:.2f}",
+            "truth_tile_auc": "{:.4f}", "truth_dice": "{:.4f}", "truth_froc": "{:.4f}"}  # fmt: skip
 
 
 def _cell(row: dict, key: str) -> str:
@@ -52,6 +57,10 @@ _HEAD = (
     ("max_probability", True, "max probability"),
     ("tumour_tiles", True, "tumour tiles"),
     ("seconds", True, "seconds"),
+    ("truth_tile_auc", True, "tile AUC"),
+    ("truth_dice", True, "Dice"),
+    ("truth_lesions", True, "lesions"),
+    ("truth_froc", True, "FROC"),
     ("error", False, "error"),
 )
 

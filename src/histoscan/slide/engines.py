@@ -86,7 +86,8 @@ def map_one(
     dest = stage / item.id
     opts = replace(options, mpp=item.mpp if item.mpp is not None else options.mpp, force=True)
     try:
-        summary = mapping.map_slide(predictor, item.path, dest, opts, progress=progress)
+        scored = {"truth": item.truth} if item.truth is not None else {}
+        summary = mapping.map_slide(predictor, item.path, dest, opts, progress=progress, **scored)
         reader = open_slide(item.path, opts.mpp, opts.reader)
         try:
             from PIL import Image

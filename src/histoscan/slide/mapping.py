@@ -56,6 +56,7 @@ def map_slide(
     options: SlideOptions | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    truth: str | Path | None = None,
 ) -> dict:
     """Map a whole slide to tumour probabilities and write heatmap, overlay, tiles, regions and summary.
 
@@ -66,6 +67,8 @@ def map_slide(
         options: see :class:`SlideOptions`.
         progress: show a tqdm bar on stderr (on a terminal).
         echo: receives one start line (slide size, µm/px, level, tiles, model) before the tiles are read.
+        truth: the slide's outlines (ASAP XML or QuPath GeoJSON, slide/annotations.py): the map is scored
+            against them (tile AUC, Dice, FROC; truth.json and summary["truth"]) and they are drawn on the overlay.
 
     Returns:
         The summary written to summary.json.
@@ -77,7 +80,7 @@ def map_slide(
     reader = open_slide(slide, opts.mpp, opts.reader)
     try:
         with staged_folder(out, opts.force) as tmp:
-            return _map(predictor, reader, slide, tmp, opts, progress, echo)
+            return _map(predictor, reader, slide, tmp, opts, progress, echo, truth)
     finally:
         reader.close()
 
@@ -90,6 +93,7 @@ def _map(
     opts: SlideOptions,
     progress: bool,
     echo: Callable[[str], None] | None = None,
+    truth: str | Path | None = None,
 ) -> dict:
     """map_slide's work, writing into `out` (the staged folder)."""
     from tqdm import tqdm
@@ -217,12 +221,16 @@ def _map(
         summary["notes"].append("the model's µm/px is finer than the slide's: tiles are upsampled")
     if explain_note:
         summary["notes"].append(explain_note)
+    outline = None
+    folder = SlideDir(out)
+    if truth is not None:
+        outline, summary["truth"] = _score_truth(folder, truth, reader.dimensions, heat, threshold, cells, opts,
+                                                 cell_mm2)  # fmt: skip
     t_write = time.perf_counter()
     caption = caption_lines(Path(slide).name, summary)
-    folder = SlideDir(out)
     write_heatmap(folder.heatmap_png, heat, threshold, caption)
     bar = write_overlay(folder.overlay, heat, thumb, reader.dimensions, cells, regions, threshold,
-                        reader.mpp, caption)  # fmt: skip
+                        reader.mpp, caption, outline)  # fmt: skip
     summary["scale_bar"] = {"um": bar.um, "px": bar.px, "overlay_um_per_px": bar.um_per_px}
     summary["caption"] = caption
     _write_tiles(folder.tiles, rc, xy, probs, frac)
@@ -284,6 +292,30 @@ def _explain(
     ), note
 
 
+def _score_truth(
+    folder: SlideDir,
+    truth: str | Path,
+    dimensions: tuple[int, int],
+    heat: np.ndarray,
+    threshold: float,
+    cells: TileGrid,
+    opts: SlideOptions,
+    cell_mm2: float,
+) -> tuple[list[list[tuple[float, float]]], dict]:
+    """Score the map against the slide's outlines: truth.json (with the per-threshold detections a cohort pools)
+    and the summary's compact "truth"; returns the tumour outline rings (level-0) to draw on the overlay."""
+    from histoscan.slide.annotations import parse_label_map, read_annotations  # lazy: shapely
+    from histoscan.slide.truth import score_slide
+
+    ann = read_annotations(truth, dimensions, parse_label_map(opts.label_map))
+    scores = score_slide(heat, threshold, ann, cells.stride0, cells.cell_offset, cell_mm2)
+    folder.write_truth({**scores, "annotations": ann.summary()})
+    rings = [list(ring.coords) for poly in ann.lesions() for ring in (poly.exterior, *poly.interiors)]
+    short = {k: scores[k] for k in ("tile_auc", "dice", "lesions", "tumour_cells", "true_mm2")}
+    return rings, {**short, "froc": scores["froc"]["score"], "annotations": str(truth),
+                   "warnings": dict(ann.warnings)}  # fmt: skip
+
+
 def _write_tiles(path: Path, rc: np.ndarray, xy: np.ndarray, probs: np.ndarray, frac: np.ndarray) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -296,7 +328,8 @@ def caption_lines(name: str, s: dict) -> list[str]:
     """The caption of heatmap.png and overlay.png: what was mapped, at which level and µm/px, the threshold
     and where it came from, then one `warning: ...` line per domain warning."""
     return [
-        f"{name}: tumour probability; outlines: called regions (probability >= {s['threshold']:.3g})",
+        f"{name}: tumour probability; outlines: called regions (probability >= {s['threshold']:.3g})"
+        + ("; blue: the annotated tumour" if s.get("truth") else ""),
         f"level {s['level']} read at {s['level_mpp']:.3g} µm/px (slide {s['slide_mpp']:.3g} µm/px, "
         f"{s['slide_mpp_source']}); model {s['model']} at {s['model_mpp']:g} µm/px; threshold "
         f"{s['threshold']:.3g} ({s['threshold_source']})",

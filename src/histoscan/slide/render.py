@@ -21,6 +21,7 @@ NO_TISSUE = (224, 224, 224)  # heatmap.png cells that were not classified
 SCALE_STEPS_UM = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 BAR_PX = 215  # width of the colour-bar legend
 
+TRUTH_RGB = (0, 90, 255)  # annotated tumour outlines on the overlay (apart from the probability colours)
 
 @dataclass(frozen=True)
 class ScaleBar:
@@ -196,8 +197,10 @@ def write_overlay(
     threshold: float,
     slide_mpp: float,
     caption: list[str],
+    truth: list[list[tuple[float, float]]] | None = None,
 ) -> ScaleBar:
-    """overlay.png: the colours over the thumbnail, region outlines, a scale bar, the colour bar and a caption.
+    """overlay.png: the colours over the thumbnail, region outlines, a scale bar, the colour bar and a caption;
+    `truth` (level-0 rings of annotated tumour) drawn in blue over them.
 
     Composed at thumbnail resolution with PIL in uint8 (a few thumbnail-sized buffers, no float64 copies:
     flat memory on big slides); matplotlib draws only the colour bar.
@@ -221,6 +224,8 @@ def write_overlay(
     for feat in regions["features"]:
         for ring in feat["geometry"]["coordinates"]:
             draw.line([(x / sx, y / sy) for x, y in ring], fill=(0, 0, 0), width=max(1, round(tw / 600)))
+    for ring in truth or ():
+        draw.line([(x / sx, y / sy) for x, y in ring], fill=TRUTH_RGB, width=max(2, round(tw / 400)))
     bar = scale_bar(sx * slide_mpp, tw)
     draw_scale_bar(comp, bar)
     page = _page(comp, colour_bar(threshold, th), caption)

@@ -73,6 +73,12 @@ class SlideOptions(Options):
         "tile reaches the threshold)",
         kind=int, low=0, high=10_000, metavar="K",
     )  # fmt: skip
+    label_map: str | None = opt(
+        None,
+        "with --truth: NAME=LABEL,... class names of the outlines to tumour / normal / ignore, over the defaults "
+        "(Camelyon _0 _1 _2 Tumor metastases Exclusion; QuPath Tumor Normal Stroma Other)",
+        metavar="MAP",
+    )
     force: bool = opt(False, cli=False)  # set from the command's --force
     read_threads: int = opt(2, "tile-reading threads per slide", kind=int, low=1, high=256, metavar="N")
     # ready batches queued ahead of the model
