@@ -6,7 +6,8 @@ Each mosaic is a grid of 96 px cells (one patch each) at 0.972 µm/px (PCam's), 
 irregular tissue section of normal patches with blob-like tumour regions of tumour patches and a few glass
 holes (`truth_mosaic.py`). With `--split-from RUN` only the patches RUN/split.csv marks "test" are
 used (ids that model never saw); a patch is reused only when a mosaic needs more than the pool holds.
-Writes OUT/mosaic-<k>.tif plus .truth.npy (0 glass, 1 normal, 2 tumour per cell), .truth.json, .truth.geojson.
+Writes OUT/mosaic-<k>.tif plus .truth.npy (0 glass, 1 normal, 2 tumour per cell), .truth.json, .truth.geojson
+and mosaic-<k>.xml (the outlines as ASAP XML, for `histoscan tiles --annotations OUT` and `slides --truth OUT`).
 """
 
 from __future__ import annotations

@@ -159,7 +159,8 @@ def write_pyramid(
 
 def save_mosaic(mosaic: Mosaic, slide: Path, levels: int = 3, quality: int = 90) -> dict:
     """Write the slide (`slide`, a .tif) and its truth beside it: `<stem>.truth.npy` (cell labels),
-    `<stem>.truth.json` (geometry and counts) and `<stem>.truth.geojson` (tumour polygons, level-0 px)."""
+    `<stem>.truth.json` (geometry and counts), `<stem>.truth.geojson` (tumour polygons, level-0 px) and
+    `<stem>.xml` (the same outlines as ASAP XML)."""
     slide = Path(slide)
     write_pyramid(slide, mosaic.image, mosaic.mpp, levels, quality=quality)
     stem = slide.with_suffix("")
@@ -169,4 +170,25 @@ def save_mosaic(mosaic: Mosaic, slide: Path, levels: int = 3, quality: int = 90)
     heat = (mosaic.truth == TUMOUR).astype(np.float32)
     regions = tumour_regions(heat, 0.5, mosaic.cell, mosaic.origin, mosaic.mpp)
     Path(f"{stem}.truth.geojson").write_text(json.dumps(regions))
+    Path(f"{stem}.xml").write_text(asap_xml(regions))  # the outlines as Camelyon ships them (`tiles --annotations`)
     return meta
+
+
+def asap_xml(regions: dict) -> str:
+    """ASAP XML of GeoJSON tumour polygons, as Camelyon16 ships outlines: each exterior ring an annotation of
+    group `_0` (tumour), each hole one of group `_2` (normal tissue inside a tumour outline)."""
+    shapes = []
+    for feat in regions["features"]:
+        g = feat["geometry"]
+        polys = g["coordinates"] if g["type"] == "MultiPolygon" else [g["coordinates"]]
+        for rings in polys:
+            shapes += [("_0", rings[0]), *[("_2", hole) for hole in rings[1:]]]
+    rows = []
+    for i, (group, ring) in enumerate(shapes):
+        pts = ring[:-1] if ring[0] == ring[-1] else ring
+        coords = "".join(f'<Coordinate Order="{j}" X="{x}" Y="{y}" />' for j, (x, y) in enumerate(pts))
+        rows.append(f'<Annotation Name="Annotation {i}" Type="Polygon" PartOfGroup="{group}" Color="#F4FA58">'
+                    f"<Coordinates>{coords}</Coordinates></Annotation>")  # fmt: skip
+    groups = "".join(f'<Group Name="{g}" PartOfGroup="None"><Attributes /></Group>' for g in ("_0", "_2"))
+    return (f'<?xml version="1.0"?><ASAP_Annotations><Annotations>{"".join(rows)}</Annotations>'
+            f"<AnnotationGroups>{groups}</AnnotationGroups></ASAP_Annotations>\n")  # fmt: skip
