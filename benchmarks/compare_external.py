@@ -381,6 +381,7 @@ def main() -> int:
     ap.add_argument(
         "--seeds", default="42,1,2", help="comma list of seeds, each recipe trained once per seed"
     )
+    ap.add_argument("--screen", default="", help="recipes trained at the first of --seeds only (a one-seed screen)")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME:k=v,...", help="another recipe")
     ap.add_argument("--keep", default="docs/results", help="kept predictions: KEEP/NAME/<recipe>-s<seed>.*")
     ap.add_argument("--train-only", action="store_true", help="train and keep; no table")
@@ -398,14 +399,16 @@ def main() -> int:
     extras = {n: parse_fields(f) for n, _, f in (s.partition(":") for s in args.extra)}
     out, keep = Path(args.out), Path(args.keep) / args.name
     results: dict[str, list[dict]] = {}
-    for name in (n for n in args.recipes.split(",") if n):
+    screened = [n for n in args.screen.split(",") if n]
+    for name in [n for n in args.recipes.split(",") if n] + screened:
         if name not in RECIPES and name not in extras:
             raise SystemExit(f"--recipes {name}: unknown (known: {', '.join(RECIPES)}; or give it --extra)")
         fields = RECIPES.get(name) or (fields_config(extras[name]).to_dict() if name in extras else {})
         if name in extras:
             fields = {k: v for k, v in fields.items() if k not in ("data", "out")}
         results[name] = []
-        for seed in (int(s) for s in args.seeds.split(",")):
+        seeds = [int(s) for s in args.seeds.split(",")]
+        for seed in seeds[:1] if name in screened else seeds:
             print(f"== {name} seed {seed}", flush=True)
             data, tag = args.train, name
             if args.train_size:
