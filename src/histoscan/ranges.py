@@ -140,9 +140,12 @@ def field_range(cls: type, name: str) -> Range:
     return cls.__dataclass_fields__[name].metadata["range"]
 
 
-def check_field(f: dataclasses.Field, value: Any) -> None:
-    """Raise HistoscanInputError "OPT VALUE: ..." unless `value` fits field `f` (range, choices, bool, None)."""
-    meta, opt_ = f.metadata, field_option_name(f)
+def check_field(f: dataclasses.Field, value: Any, name: str | None = None) -> None:
+    """Raise HistoscanInputError "OPT VALUE: ..." unless `value` fits field `f` (range, choices, bool, None).
+
+    `name` replaces OPT (default: the field's option, e.g. a key of a `--config` file as it was written).
+    """
+    meta, opt_ = f.metadata, name or field_option_name(f)
     if value is None:
         no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
         if meta.get("required") or no_default:

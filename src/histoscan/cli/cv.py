@@ -27,6 +27,7 @@ def register(sub: Any) -> None:
         help="grouped k-fold cross-validation: a run per fold, pooled metrics with CIs",
         description="Train one run per fold (OUT/fold-<i>), evaluate each on its held-out "
         "patients, pool the predictions into OUT/cv.json.",
+        config=False,  # --config FILE here is a TrainConfig (add_train_options)
     )
     add_train_options(p)
     add_options(p, CvOptions)

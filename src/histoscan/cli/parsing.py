@@ -9,7 +9,10 @@ What the layer adapts, and why:
   already state the default the dataclass resolves, so argparse's plain formatter is used;
 - the parsed result: jsonargparse nests a subcommand's values (``cfg.slide.read_threads``); the commands and
   their tests read them flat (``args.read_threads``), with ``args.command`` and the global ``-v`` count
-  (:meth:`Parser.parse_args` flattens the chain of subcommands).
+  (:meth:`Parser.parse_args` flattens the chain of subcommands);
+- `--config FILE` on every command (:func:`add_command`; train, cv and tune keep their own, a TrainConfig):
+  the file is read and checked as the command line is parsed (one line naming the file, exit 2) and its
+  values travel as ``args.config_values`` for :func:`histoscan.arguments.build`, under the command line's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from jsonargparse import ArgumentParser
+
+from histoscan.arguments import add_config_option, file_options
+from histoscan.errors import HistoscanInputError
 
 _REQUIRED = "the following arguments are required: "
 _NO_SUBCOMMAND = re.compile(r'expected "(?:(.+)\.)?([^".]+)" to be one of \{.*\}, but it was not provided\.')
@@ -70,7 +76,25 @@ class Parser(ArgumentParser):
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """Parse; a command line with subcommands comes back flat (see :func:`flatten`)."""
         cfg = super().parse_args(args, namespace, **kwargs)
-        return flatten(self, cfg) if self.flat else cfg
+        if not self.flat:
+            return cfg
+        values = flatten(self, cfg)
+        if getattr(values, "config_file", None):
+            command = command_parser(self, values.command_path)
+            try:
+                values.config_values = file_options(command, values.config_file, values.command_path)
+            except HistoscanInputError as e:
+                command.error(str(e))
+        return values
+
+
+def command_parser(parser: argparse.ArgumentParser, path: str) -> argparse.ArgumentParser:
+    """The parser of (sub)command `path` (e.g. "stain fit") under `parser`."""
+    for name in path.split():
+        action = _subcommands(parser)
+        assert action is not None
+        parser = action.choices[name]
+    return parser
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
@@ -98,13 +122,24 @@ def flatten(parser: Parser, cfg: Any) -> argparse.Namespace:
 
 
 def add_command(
-    sub: Any, name: str, run: Callable[[argparse.Namespace], int] | None, help: str, description: str = ""
+    sub: Any,
+    name: str,
+    run: Callable[[argparse.Namespace], int] | None,
+    help: str,
+    description: str = "",
+    config: bool = True,
 ) -> Parser:
-    """A subcommand `name` of `sub` (from :meth:`Parser.add_subcommands`) whose `run(args)` does the work."""
+    """A subcommand `name` of `sub` (from :meth:`Parser.add_subcommands`) whose `run(args)` does the work.
+
+    A command that runs (`run` given) takes `--config FILE` (YAML of its options) unless `config` is false
+    (train, cv and tune: their --config is a TrainConfig file).
+    """
     parent = getattr(sub, "parent_prog", "histoscan")
     parser = Parser(prog=f"{parent} {name}", description=description or None)
     parser.run = run
     add_verbose(parser, after=True)  # global options work after the subcommand too
+    if run is not None and config:
+        add_config_option(parser)
     sub.add_subcommand(name, parser, help=help.replace("%", "%%"))
     return parser
 

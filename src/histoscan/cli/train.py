@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
         run,
         help="train a tumour/normal classifier on a labelled source or store",
         description="Train with a patient/slide-grouped split; writes a run folder.",
+        config=False,  # --config FILE here is a TrainConfig (add_train_options)
     )
     add_train_options(p)
     resume = RunOptions.__dataclass_fields__["resume"]

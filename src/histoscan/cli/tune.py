@@ -26,6 +26,7 @@ def register(sub: Any) -> None:
         "folds, searched fields or options are refused: --force starts a new study). Writes OUT/trials.csv, "
         "OUT/importance.csv + .png (fANOVA parameter importance) and OUT/best.yaml (use: histoscan train "
         "--config OUT/best.yaml; a --limit-batches smoke cap is left out of it).",
+        config=False,  # --config FILE here is a TrainConfig (add_train_options)
     )
     add_train_options(p)
     add_options(p, TuneOptions)
