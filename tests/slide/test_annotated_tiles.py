@@ -133,6 +133,21 @@ def test_bad_input(slide: tuple[Path, Path], tmp_path: Path) -> None:
         make_tiles([path], bad, tmp_path / "z", progress=False)
 
 
+@pytest.mark.parametrize("name", ["cmu-1-small-region.svs", "tcga-cr-7395-01a-01-ts1.svs"])
+def test_outlines_in_level_0_pixels_of_both_real_slides(shared_data: Path, tmp_path: Path, name: str) -> None:
+    """GeoJSON and ASAP XML outlines drawn in a real slide's level-0 pixels: read, clipped at its edge."""
+    import openslide
+
+    w, h = openslide.OpenSlide(str(shared_data / "slides" / name)).dimensions
+    ring = [[w - 100, h // 2], [w + 100, h // 2], [w + 100, h // 2 + 50], [w - 100, h // 2 + 50], [w - 100, h // 2]]
+    f = tmp_path / "a.geojson"
+    f.write_text(json.dumps([{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                              "properties": {"classification": {"name": "Tumor"}}}]))  # fmt: skip
+    a = read_annotations(f, (w, h))
+    assert a.tumour.area == pytest.approx(100 * 50) and dict(a.warnings) == {"clipped at the slide edge": 1}
+    assert a.tumour.bounds == (w - 100, h // 2, w, h // 2 + 50)
+
+
 def test_real_svs_slide_reads_outlines_at_level_0(shared_data: Path, tmp_path: Path) -> None:
     """An outline drawn in level-0 pixels of a real Aperio slide labels the tiles under it."""
     import openslide
