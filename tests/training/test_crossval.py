@@ -50,6 +50,12 @@ def test_three_fold_cv_scores_every_patch_once_by_a_run_without_its_patient(smal
     with (tmp_path / "cv" / "predictions.csv").open() as f:
         preds = list(csv.DictReader(f))
     assert len(preds) == 144 and len({p["id"] for p in preds}) == 144
+    # each patch's fitting note is carried from its fold's evaluation (the same column as evaluate's predictions)
+    for k in range(3):
+        (ev,) = (tmp_path / "cv" / f"fold-{k}").glob("eval-*/predictions.csv")
+        with ev.open() as f:
+            fitted = {r["id"]: r["fitted"] for r in csv.DictReader(f)}
+        assert {p["id"]: p["fitted"] for p in preds if p["fold"] == str(k)} == fitted
     for k in range(3):
         run = tmp_path / "cv" / f"fold-{k}"
         with (run / "split.csv").open() as f:

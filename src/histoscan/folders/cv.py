@@ -24,7 +24,7 @@ class CvDir:
     SUMMARY = "cv.json"
     PREDICTIONS = "predictions.csv"
     FINAL_CONFIG = "final-config.yaml"
-    PREDICTION_COLUMNS: ClassVar[list[str]] = ["id", "group", "label", "probability", "fold", "decision"]
+    PREDICTION_COLUMNS: ClassVar[list[str]] = ["id", "group", "label", "probability", "fold", "decision", "fitted"]
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -65,8 +65,9 @@ class CvDir:
         atomic_write_json(self.summary_path, result)
 
     def write_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
-        """predictions.csv: id,group,label,probability,fold,decision (other keys of `rows` left out)."""
+        """predictions.csv: id,group,label,probability,fold,decision,fitted (how the image was fitted to the model's
+        size, as in evaluate's predictions; empty when not fitted or not known); other keys of `rows` left out."""
         with atomic_path(self.predictions_path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.PREDICTION_COLUMNS)
             w.writeheader()
-            w.writerows({k: r[k] for k in self.PREDICTION_COLUMNS} for r in rows)
+            w.writerows({k: r.get(k, "") for k in self.PREDICTION_COLUMNS} for r in rows)
