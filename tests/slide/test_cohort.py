@@ -76,9 +76,9 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = mapping.map_slide
 
-    def counting(predictor, slide, out, options=None, progress=True):
+    def counting(predictor, slide, out, options=None, progress=True, truth=None):
         calls.append(Path(slide).stem)
-        return real(predictor, slide, out, options, progress)
+        return real(predictor, slide, out, options, progress, truth=truth)
 
     monkeypatch.setattr(mapping, "map_slide", counting)
     return calls
@@ -193,13 +193,13 @@ def test_crash_mid_slide_never_counts_as_done(
     out = tmp_path / "out"
     real = mapping.map_slide
 
-    def crash_on_crop1(predictor, slide, dest, options=None, progress=True):
+    def crash_on_crop1(predictor, slide, dest, options=None, progress=True, truth=None):
         if Path(slide).stem == "crop1":
             staged = Path(dest).parent / f".{Path(dest).name}.x.partial"  # as staged_folder names it
             staged.mkdir(parents=True)
             (staged / "heatmap.npy").write_bytes(b"half")
             raise Crash
-        return real(predictor, slide, dest, options, progress)
+        return real(predictor, slide, dest, options, progress, truth=truth)
 
     monkeypatch.setattr(mapping, "map_slide", crash_on_crop1)
     with pytest.raises(Crash):
@@ -216,9 +216,9 @@ def test_crash_mid_slide_never_counts_as_done(
     (out / "crop2" / "summary.json").write_text("{}")  # outputs without a marker: not done
     calls: list[str] = []
 
-    def count(predictor, slide, dest, options=None, progress=True):
+    def count(predictor, slide, dest, options=None, progress=True, truth=None):
         calls.append(Path(slide).stem)
-        return real(predictor, slide, dest, options, progress)
+        return real(predictor, slide, dest, options, progress, truth=truth)
 
     monkeypatch.setattr(mapping, "map_slide", count)
     report = run_cohort(run32, source, out, OPTS)

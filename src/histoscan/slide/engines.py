@@ -86,8 +86,7 @@ def map_one(
     dest = stage / item.id
     opts = replace(options, mpp=item.mpp if item.mpp is not None else options.mpp, force=True)
     try:
-        scored = {"truth": item.truth} if item.truth is not None else {}
-        summary = mapping.map_slide(predictor, item.path, dest, opts, progress=progress, **scored)
+        summary = mapping.map_slide(predictor, item.path, dest, opts, progress=progress, truth=item.truth)
         reader = open_slide(item.path, opts.mpp, opts.reader)
         try:
             from PIL import Image
