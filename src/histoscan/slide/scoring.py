@@ -73,7 +73,12 @@ def froc(heat: np.ndarray, truth_t: np.ndarray, n_thresholds: int = 256) -> dict
 
 
 def score_map(
-    heat: np.ndarray, labels: np.ndarray, threshold: float, cell_mm2: float, truth_mm2: float | None = None
+    heat: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    cell_mm2: float,
+    truth_mm2: float | None = None,
+    sweep: bool = True,
 ) -> dict:
     """Scores of a slide map against truth labels of the same shape (`truth_under_cells`).
 
@@ -83,6 +88,8 @@ def score_map(
         threshold: the tumour call threshold.
         cell_mm2: a heatmap cell's area.
         truth_mm2: the true tumour area (default: the tumour cells of `labels` times `cell_mm2`).
+        sweep: also sweep the threshold for froc_<k> (False: a caller with its own lesion-based FROC,
+            slide/truth.py, skips the 256 region labellings).
 
     Returns:
         tile_auc (classified tissue cells), dice (called vs truth tumour cells), best_dice / best_threshold,
@@ -113,7 +120,7 @@ def score_map(
         "regions": n_t,
         "regions_detected": det,
         "fp_regions": fp,
-        **{f"froc_{k}": v for k, v in froc(heat, t).items()},
+        **({f"froc_{k}": v for k, v in froc(heat, t).items()} if sweep else {}),
         "called_mm2": called_mm2,
         "true_mm2": true_mm2,
         "area_error_mm2": abs(called_mm2 - true_mm2),

@@ -96,7 +96,8 @@ def score_slide(
     area, the slide's own FROC and its per-threshold `detections` (for pooling over a cohort)."""
     lesions = lesion_cells(ann, heat.shape, cell0, offset0)
     labels = truth_labels(lesions, heat)
-    scores = score_map(heat, labels, threshold, cell_mm2, truth_mm2=float(ann.tumour.area) * cell_mm2 / cell0**2)
+    true_mm2 = float(ann.tumour.area) * cell_mm2 / cell0**2
+    scores = score_map(heat, labels, threshold, cell_mm2, truth_mm2=true_mm2, sweep=False)
     counts = detections(heat, lesions)
     keep = ("tile_auc", "dice", "best_dice", "best_threshold", "threshold", "called_mm2", "true_mm2")
     return {
