@@ -35,6 +35,19 @@ def _built(command: str, argv: list[str]):
     return build(cls, parsed, force=False) if cls is SlideOptions else build(cls, parsed)
 
 
+def _refused(command: str, text: str, tmp_path: Path, monkeypatch, capsys) -> tuple[str, str, Path]:
+    """Run `command` with a config file holding `text` in an empty working folder; it must exit 2.
+    Returns (config path, stderr, working folder)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = _config(tmp_path, text)
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit) as e:
+        main([command, *CASES[command][0], "--config", cfg])
+    assert e.value.code == 2
+    return cfg, capsys.readouterr().err, work
+
+
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_a_value_from_the_file_is_used(command: str, tmp_path: Path) -> None:
     _, _, key, value, name, _, _ = CASES[command]
@@ -74,14 +87,7 @@ def test_serve_runs_with_the_file_settings(tmp_path: Path, monkeypatch) -> None:
 def test_a_bad_file_is_one_line_exit_2_nothing_written(
     command: str, text: str, message: str, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    cfg = _config(tmp_path, text)
-    monkeypatch.chdir(work)
-    with pytest.raises(SystemExit) as e:
-        main([command, *CASES[command][0], "--config", cfg])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
+    cfg, err, work = _refused(command, text, tmp_path, monkeypatch, capsys)
     assert err.startswith(f"histoscan {command}: error: {cfg}: ") and err.count("\n") == 1, err
     assert message.format(command=command) in err
     assert list(work.iterdir()) == []
@@ -102,14 +108,8 @@ def test_a_bad_file_is_one_line_exit_2_nothing_written(
 def test_a_bad_value_names_the_file_and_the_key(
     command: str, text: str, message: str, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    cfg = _config(tmp_path, text)
-    monkeypatch.chdir(work)
-    with pytest.raises(SystemExit) as e:
-        main([command, *CASES[command][0], "--config", cfg])
-    assert e.value.code == 2
-    assert capsys.readouterr().err == f"histoscan {command}: error: {cfg}: {message}\n"
+    cfg, err, work = _refused(command, text, tmp_path, monkeypatch, capsys)
+    assert err == f"histoscan {command}: error: {cfg}: {message}\n"
     assert list(work.iterdir()) == []
 
 
