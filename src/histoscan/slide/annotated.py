@@ -30,7 +30,7 @@ from histoscan.folders import StoreDir
 from histoscan.options.slide import TilesOptions
 from histoscan.slide.annotations import (
     SlideAnnotations,
-    annotation_for,
+    annotation_files,
     parse_label_map,
     read_annotations,
     tile_labels,
@@ -147,12 +147,7 @@ def make_tiles(
     paths = [Path(s) for s in slides]
     if not paths:
         raise HistoscanInputError("tiles: no slides given")
-    ann_path = Path(annotations)
-    if ann_path.is_file() and len(paths) > 1:
-        raise HistoscanInputError(
-            f"--annotations {ann_path}: one file serves one slide; give a folder of <slide stem>.xml / .geojson "
-            f"files for {len(paths)} slides"
-        )
+    files = annotation_files(paths, annotations, "--annotations")
     ids = [slide_id(p) for p in paths]
     twice = [k for k, v in Counter(ids).items() if v > 1]
     if twice:
@@ -170,7 +165,7 @@ def make_tiles(
             if echo is not None:
                 echo(f"tiles: {i + 1}/{len(paths)} {slide.name}: kept from an earlier run")
         else:
-            annotation = annotation_for(slide, ann_path)
+            annotation = files[i]
             cut = cut_slide(slide, annotation, opts, progress)
             buf = io.BytesIO()
             np.savez(buf, images=cut["images"], xy=cut["xy"], labels=cut["labels"])

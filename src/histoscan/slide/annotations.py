@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -91,8 +91,20 @@ def _polygons(geom: BaseGeometry) -> list[Polygon]:
     return [g for part in getattr(geom, "geoms", []) for g in _polygons(part)]
 
 
-def annotation_for(slide: str | Path, annotations: str | Path, single: bool = False) -> Path | None:
-    """The annotation file of `slide`: `annotations` itself when it is a file (`single`: it serves one slide), else
+def annotation_files(slides: Sequence[str | Path], annotations: str | Path, option: str) -> list[Path | None]:
+    """The annotation file of each slide (:func:`annotation_for`); a single file serves a single slide only
+    (`option`, e.g. --annotations or --truth, names it in the error)."""
+    a = Path(annotations)
+    if a.is_file() and len(slides) > 1:
+        raise HistoscanInputError(
+            f"{option} {a}: one file serves one slide; give a folder of <slide stem>.xml / .geojson files for "
+            f"{len(slides)} slides"
+        )
+    return [annotation_for(s, a) for s in slides]
+
+
+def annotation_for(slide: str | Path, annotations: str | Path) -> Path | None:
+    """The annotation file of `slide`: `annotations` itself when it is a file, else
     ``annotations/<slide stem>.xml`` / ``.geojson`` / ``.json`` when present (None: the slide has no outlines)."""
     a = Path(annotations)
     if a.is_file():

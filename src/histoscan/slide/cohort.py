@@ -223,17 +223,13 @@ def _finish(
 
 
 def _with_truth(items: list[CohortItem], truth: Path) -> list[CohortItem]:
-    """Each slide with its outlines file (annotation_for): a file serves a one-slide cohort only."""
+    """Each slide with its outlines file (annotation_files: a single file serves a one-slide cohort only)."""
     from dataclasses import replace
 
-    from histoscan.slide.annotations import annotation_for
+    from histoscan.slide.annotations import annotation_files
 
-    if truth.is_file() and len(items) > 1:
-        raise HistoscanInputError(
-            f"--truth {truth}: one file serves one slide; give a folder of <slide stem>.xml / .geojson files "
-            f"for {len(items)} slides"
-        )
-    return [replace(it, truth=annotation_for(it.path, truth)) for it in items]
+    files = annotation_files([it.path for it in items], truth, "--truth")
+    return [replace(it, truth=f) for it, f in zip(items, files, strict=True)]
 
 
 def _pooled_froc(dest: Path, rows: list[dict]) -> dict | None:
