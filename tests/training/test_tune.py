@@ -395,3 +395,18 @@ def test_train_refuses_dropout_for_a_model_without_one(store: PatchStore, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--dropout 0.3: model resnet18 has no dropout" in err, err
     assert not out.exists()
+
+
+def test_a_drawn_plateau_schedule_trains_without_the_studys_warm_up(store: PatchStore) -> None:
+    """A study around the default (one-cycle, 1 warm-up epoch) that draws plateau once failed the whole tune:
+    plateau has no warm-up, so a trial's config must leave it out, and keep it for the schedules that have one."""
+    from histoscan.training.tune import trial_config
+
+    base = _cfg(store, warmup_epochs=2.0)
+    assert base.schedule == "onecycle"
+    with pytest.raises(HistoscanInputError, match="--warmup-epochs"):
+        TrainConfig(**{**base.to_dict(), "schedule": "plateau"})
+    plateau = trial_config(base, {"schedule": "plateau", "lr": 1e-4}, out="x")
+    assert (plateau.schedule, plateau.warmup_epochs, plateau.lr, plateau.out) == ("plateau", 0.0, 1e-4, "x")
+    assert trial_config(base, {"schedule": "cosine"}).warmup_epochs == 2.0
+    assert trial_config(_cfg(store), {"schedule": "onecycle"}).warmup_epochs == 1.0

@@ -121,6 +121,14 @@ def _recover(study: Any, optuna: Any) -> tuple[int, int]:
     return len(stale), queued
 
 
+def trial_config(config: TrainConfig, values: dict[str, Any], **fixed: Any) -> TrainConfig:
+    """`config` with a trial's `values` (and `fixed` fields) in. A drawn schedule that has no warm-up (plateau)
+    drops the study's warm-up, which only the cosine and one-cycle schedules honour."""
+    if values.get("schedule") == "plateau" and "warmup_epochs" not in values:
+        fixed = {"warmup_epochs": 0.0, **fixed}
+    return dataclasses.replace(config, **values, **fixed)
+
+
 def study_identity(config: TrainConfig, folds: int, use_folds: Sequence[int], params: Sequence[str]) -> dict:
     """What makes a study: data, folds, use_folds, the searched fields with their ranges and the fixed options."""
     fixed = {k: v for k, v in config.to_dict().items() if k not in (*_NOT_FIXED, *params)}
@@ -323,8 +331,9 @@ def tune(
         values = suggest(trial, params)
         t0, aucs = time.perf_counter(), []
         for i, k in enumerate(use_folds):
-            cfg = dataclasses.replace(config, **values, out=str(folder.trial_fold(trial.number, k)),
-                                      folds=folds, fold=k)  # fmt: skip
+            cfg = trial_config(
+                config, values, out=str(folder.trial_fold(trial.number, k)), folds=folds, fold=k
+            )
             cbs = [PyTorchLightningPruningCallback(trial, monitor=config.monitor)] if i == 0 else []
             run = train(cfg, force=True, callbacks=cbs)
             aucs.append(_fold_auc(run, store))
@@ -385,7 +394,7 @@ def _write_results(study: Any, out: Path, config: TrainConfig, optuna: Any) -> N
         if isinstance(values.get("augment"), str):
             values["augment"] = values["augment"].split(",")
         # a smoke-run cap of the trials is no part of the configuration a real run should train with
-        cfg = dataclasses.replace(config, **values, out="", folds=None, fold=None, limit_batches=None)
+        cfg = trial_config(config, values, out="", folds=None, fold=None, limit_batches=None)
         cfg.save(folder.best_path)
     _write_importance(study, folder, optuna)
 
