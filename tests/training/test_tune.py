@@ -126,6 +126,8 @@ def test_a_killed_tune_continues_where_it_stopped(store: PatchStore, tmp_path: P
         row for row in finished if (row["lr"], row["dropout"]) == (failed[0]["lr"], failed[0]["dropout"])
     ]
     assert retried, "the killed trial's parameters are tried again"
+    drawn = {(row["lr"], row["dropout"]) for row in finished}
+    assert len(drawn) == 3, "the resumed part draws new points, not the first part's again"
     assert (out / "best.yaml").is_file() and set(SEARCH_SPACE) >= {"lr", "dropout"}
 
 

@@ -312,9 +312,11 @@ def tune(
         storage=f"sqlite:///{db.resolve()}",
         direction="maximize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
+    # seeded by the history too: a sampler seeded alike in each part of a resumed study drew the first part's
+    # points again (TPE's random start-up trials come from its seed alone)
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
     failed, queued = _recover(study, optuna)
     if echo is not None and failed:
         again = (
