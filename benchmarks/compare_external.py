@@ -27,18 +27,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from _common import replace_block, same_config
-from paired_bootstrap import _resample_weights, weighted_auc
+from external_decision import decide, decision_table
+from external_tables import BASELINES, calibration_table, recipe_row, table
 
 from histoscan.config import TrainConfig, config_from_options
 from histoscan.data.store import resolve_store
+from histoscan.errors import HistoscanInputError
 from histoscan.inference.predictor import load_predictor
 from histoscan.inference.tta import infer
 from histoscan.run import RunDir
-from histoscan.scoring.calibration import calibration_report, fit_decision, fit_temperature
-from histoscan.scoring.metrics import compute_metrics, select_threshold
 from histoscan.training.train import train
-from histoscan.utils.numeric import sigmoid
 
 # Pinned field by field, so a recipe stays itself when histoscan's defaults change (kept rows stay valid).
 _SIMPLE = {"model": "simple-cnn", "batch_size": 64, "weight_decay": 1e-4, "dropout": 0.5, "augment": ["d4"],
@@ -68,7 +68,6 @@ RECIPES: dict[str, dict[str, object]] = {
     "p4m-cnn-40": {**_ONECYCLE, "model": "p4m-cnn", "epochs": 40, "patience": 8},
     "default": {},  # exactly what `histoscan train` does with no options
 }
-BASELINES = ("pytorch-seed", "default-54db6fc")
 
 
 def recipe_config(name: str, fields: dict[str, object], data: str, out: Path, seed: int) -> TrainConfig:
@@ -122,6 +121,27 @@ def _same_setup(saved: dict[str, object], wanted: dict[str, object]) -> bool:
     """Whether a kept training is the wanted one: a field the kept record lacks (added to TrainConfig later)
     counts as its default, so new options at their defaults do not make kept results stale."""
     return same_config({k: v for k, v in saved.items() if k not in DECISION}, wanted, DEFAULTS)
+
+
+def extra_fields(text: str) -> dict[str, object]:
+    """An --extra recipe's fields: `k=v,...` over histoscan's current defaults, or `@FILE[,k=v,...]`: a saved
+    TrainConfig (tune's best.yaml, a run's config.yaml) as the recipe, any k=v overriding it. Where the file's run
+    trained (data, out, seed, test split, folds) is not part of the recipe."""
+    from compare_recipes import parse_fields
+    from compare_recipes import recipe_config as fields_config
+
+    base: dict[str, object] = {}
+    if text.startswith("@"):
+        path, _, text = text[1:].partition(",")
+        try:
+            base = TrainConfig.from_dict(yaml.safe_load(Path(path).read_text()), source=path).to_dict()
+        except (OSError, yaml.YAMLError) as e:
+            raise SystemExit(f"--extra @{path}: cannot read it ({e})") from None
+        except HistoscanInputError as e:
+            raise SystemExit(f"--extra @{e}") from None
+    cfg = fields_config(parse_fields(text), **base)
+    where = ("data", "out", "seed", "test_fraction", "folds", "fold")
+    return {k: v for k, v in cfg.to_dict().items() if k not in where}
 
 
 def decision_settings(cfg: TrainConfig) -> dict[str, object]:
@@ -188,6 +208,11 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     }
 
 
+def _epoch_seconds(run_dir: str) -> list[float]:
+    """Seconds of each epoch the run trained (RUN/metrics.csv), for external_tables.train_minutes."""
+    return [float(r["seconds"]) for r in RunDir(run_dir).read_metrics() if r.get("seconds")]
+
+
 def run_recipe_seed(
     name: str, cfg: TrainConfig, test: str, keep: Path, train_size: int | None = None
 ) -> dict[str, object]:
@@ -199,6 +224,9 @@ def run_recipe_seed(
         info = json.loads(info_path.read_text())
         if _same_setup(info.get("setup") or {}, setup) and Path(f"{stem}.csv").is_file():
             print(f"   reusing {stem}.csv", flush=True)
+            if "epoch_seconds" not in info and _epoch_seconds(cfg.out):  # kept before epochs were timed
+                info["epoch_seconds"] = _epoch_seconds(cfg.out)
+                info_path.write_text(json.dumps(info, indent=2, default=str))
             kept = {"test": _read(Path(f"{stem}.csv")), "val": _read(Path(f"{stem}.val.csv"))}
             return {**info, **kept, "decision": decision_settings(cfg)}
     seconds = train_run(cfg)
@@ -209,6 +237,7 @@ def run_recipe_seed(
         "setup": setup,
         "seconds": round(seconds, 1),
         "epochs_trained": run.epochs_done(),
+        "epoch_seconds": _epoch_seconds(cfg.out),
         "threshold": run.read_threshold(),
         "best_val_auc": max((float(r["val_auc"]) for r in metrics if r.get("val_auc")), default=None),
     }
@@ -217,158 +246,6 @@ def run_recipe_seed(
     _write(Path(f"{stem}.val.csv"), scored["val"])
     info_path.write_text(json.dumps(info, indent=2, default=str))
     return {**info, **scored, "decision": decision_settings(cfg)}
-
-
-def seed_mean_auc_diff(a: list[dict], b: list[dict], key: str | None, n_boot: int = 2000) -> dict[str, object]:
-    """Seed-mean AUC of recipe a minus recipe b over the same test patches, with a paired bootstrap 95 % CI."""
-    ids = a[0]["test"]["id"]
-    for r in a + b:
-        if not np.array_equal(r["test"]["id"], ids):
-            raise SystemExit("kept predictions of different test sets cannot be paired")
-    y = a[0]["test"]["label"]
-    w = _resample_weights(len(y), None, n_boot, 0)
-
-    def mean_auc(rs: list[dict]) -> np.ndarray:
-        return np.mean([weighted_auc(y, r["test"][key or view_key(r)], w) for r in rs], axis=0)
-
-    d = mean_auc(a) - mean_auc(b)
-    lo, hi = np.percentile(d[1:], [2.5, 97.5])
-    return {"diff": float(d[0]), "ci95": [float(lo), float(hi)]}
-
-
-def view_key(r: dict) -> str:
-    """The kept logits a result is scored with as shipped: its recipe's `tta` (0 or 8 views are kept)."""
-    tta = int(r["decision"]["tta"])
-    if tta not in (0, 8):
-        raise SystemExit(f"tta {tta}: the kept logits hold 1 and 8 views only")
-    return "logit_tta8" if tta == 8 else "logit"
-
-
-def shipped(r: dict, key: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """(test labels, test probabilities, threshold) as the run decides: `fit_decision` on its validation logits
-    with its recipe's settings, exactly what `histoscan train` writes and evaluate/predict/slide/serve apply."""
-    key = key or view_key(r)
-    d = r["decision"]
-    fitted = fit_decision(
-        r["val"]["label"], r["val"][key], d["calibrate"], d["threshold_rule"], d["target_sensitivity"]
-    )
-    t = fitted["calibration"]["temperature"]
-    return r["test"]["label"], sigmoid(r["test"][key] / t), float(fitted["threshold"]["threshold"])
-
-
-def recipe_row(results: list[dict], key: str | None = None) -> dict[str, object]:
-    """Mean and spread of AUC over seeds; balanced accuracy at each run's threshold; ECE; train minutes. `key`
-    None: each result as shipped (its own TTA, calibration and threshold rule)."""
-    aucs, bas, eces = [], [], []
-    for r in results:
-        y, p, t = shipped(r, key)
-        m = compute_metrics(y, p, t, n_boot=0)
-        aucs.append(m["auc"])
-        bas.append(m["balanced_accuracy"])
-        eces.append(m["ece"])
-    return {
-        "seeds": [r["setup"]["seed"] for r in results],
-        "auc": float(np.mean(aucs)),
-        "auc_each": [round(a, 4) for a in aucs],
-        "spread": float(max(aucs) - min(aucs)),
-        "balanced_accuracy": float(np.mean(bas)),
-        "ece": float(np.mean(eces)),
-        "ece_max": float(max(eces)),
-        "minutes": float(np.mean([r["seconds"] for r in results]) / 60),
-        "epochs": [r["epochs_trained"] for r in results],
-    }
-
-
-RULES = ("youden", "sensitivity-0.90", "0.5-calibrated")
-
-
-def calibration_rows(results: list[dict], key: str | None) -> dict[str, object]:
-    """Temperature fitted on each run's validation split, applied to the test set: ECE / Brier / NLL before and
-    after (mean over seeds, and the worst seed's ECE), and each threshold rule's test balanced accuracy,
-    sensitivity and specificity (thresholds chosen on validation only)."""
-    cal, rules = [], {r: [] for r in RULES}
-    for r in results:
-        k = key or view_key(r)
-        t = fit_temperature(r["val"]["label"], r["val"][k])
-        cal.append(calibration_report(r["test"]["label"], r["test"][k], t))
-        yv, pv = r["val"]["label"], sigmoid(r["val"][k] / t)
-        thresholds = {
-            "youden": select_threshold(yv, pv, "youden"),
-            "sensitivity-0.90": select_threshold(yv, pv, "sensitivity", 0.90),
-            "0.5-calibrated": 0.5,
-        }
-        y, p = r["test"]["label"], sigmoid(r["test"][k] / t)
-        for rule, thr in thresholds.items():
-            m = compute_metrics(y, p, thr, n_boot=0)
-            rules[rule].append((m["balanced_accuracy"], m["recall"], m["specificity"]))
-    out: dict[str, object] = {k: float(np.mean([c[k] for c in cal])) for k in cal[0]}
-    out["ece_after_max"] = float(max(c["ece_after"] for c in cal))
-    out["ece_before_max"] = float(max(c["ece_before"] for c in cal))
-    out["rules"] = {rule: [float(v) for v in np.mean(vals, axis=0)] for rule, vals in rules.items()}
-    return out
-
-
-def calibration_table(name: str, results: dict[str, list[dict]], key: str | None) -> str:
-    view = _view(key)
-    lines = [
-        f"### {name} ({view}): temperature scaling fitted on each run's validation split; threshold rules",
-        "",
-        "ECE of p(tumour), 15 equal-width bins (mean over seeds, worst seed in brackets); Brier and NLL before → "
-        "after. Rules (thresholds chosen on validation, applied to the calibrated test probabilities): balanced "
-        "accuracy / sensitivity / specificity on the test set.",
-        "",
-        "| recipe | T | ECE before | ECE after | Brier | NLL | " + " | ".join(RULES) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(RULES),
-    ]
-    for recipe, rs in results.items():
-        c = calibration_rows(rs, key)
-        rules = " | ".join("{:.3f} / {:.3f} / {:.3f}".format(*c["rules"][r]) for r in RULES)
-        lines.append(
-            f"| {recipe} | {c['temperature']:.2f} | {c['ece_before']:.3f} ({c['ece_before_max']:.3f}) | "
-            f"{c['ece_after']:.3f} ({c['ece_after_max']:.3f}) | {c['brier_before']:.3f} → {c['brier_after']:.3f} | "
-            f"{c['nll_before']:.3f} → {c['nll_after']:.3f} | {rules} |"
-        )
-    return "\n".join(lines + [""])
-
-
-def _view(key: str | None) -> str:
-    if key is None:
-        return "as shipped: each recipe's own TTA, temperature and threshold rule, fitted on its validation split"
-    return "8-view TTA" if key == "logit_tta8" else "no TTA"
-
-
-def table(name: str, results: dict[str, list[dict]], key: str | None, command: str) -> str:
-    view = _view(key)
-    n = len(next(iter(results.values()))[0]["test"]["label"])
-    lines = [
-        f"### {name} ({n} patches, {view}): trained on all of the training set, each recipe at its own budget",
-        "",
-        "No slide ids exist: patches of one slide may sit in both sets, so these figures may be optimistic for new "
-        "slides. CIs resample test patches (paired: both recipes on the same resample, AUC averaged over seeds).",
-        "",
-        "| recipe | seeds | AUC mean (each) | spread | balanced acc. | ECE (max) "
-        + "".join(f"| − {b} [paired 95 % CI] " for b in BASELINES)
-        + "| epochs | train time |",
-        "|---|---|---|---|---|---|" + "---|" * len(BASELINES) + "---|---|",
-    ]
-    for recipe, rs in results.items():
-        row = recipe_row(rs, key)
-        diffs = []
-        for b in BASELINES:
-            if b == recipe or b not in results:
-                diffs.append("–")
-                continue
-            d = seed_mean_auc_diff(rs, results[b], key)
-            diffs.append(f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
-        each = ", ".join(f"{a:.3f}" for a in row["auc_each"])
-        lines.append(
-            f"| {recipe} | {len(rs)} | {row['auc']:.3f} ({each}) | {row['spread']:.3f} | "
-            f"{row['balanced_accuracy']:.3f} | {row['ece']:.3f} ({row['ece_max']:.3f}) | "
-            + " | ".join(diffs)
-            + f" | {','.join(map(str, row['epochs']))} | {row['minutes']:.0f} min |"
-        )
-    lines += ["", f"Command: `{command}`", ""]
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -381,8 +258,16 @@ def main() -> int:
     ap.add_argument(
         "--seeds", default="42,1,2", help="comma list of seeds, each recipe trained once per seed"
     )
-    ap.add_argument("--screen", default="", help="recipes trained at the first of --seeds only (a one-seed screen)")
-    ap.add_argument("--extra", action="append", default=[], metavar="NAME:k=v,...", help="another recipe")
+    ap.add_argument(
+        "--screen", default="", help="recipes trained at the first of --seeds only (a one-seed screen)"
+    )
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME:k=v,...|NAME:@FILE[,k=v...]",
+        help="another recipe: TrainConfig fields, or a saved configuration (tune's best.yaml) they override",
+    )
     ap.add_argument("--keep", default="docs/results", help="kept predictions: KEEP/NAME/<recipe>-s<seed>.*")
     ap.add_argument("--train-only", action="store_true", help="train and keep; no table")
     ap.add_argument(
@@ -392,20 +277,21 @@ def main() -> int:
         "<recipe>-n<size>-s<seed>; the subset keeps its own 15 %% validation split)",
     )
     ap.add_argument("--markdown", help="file whose `external NAME` blocks are replaced by the tables")
+    ap.add_argument(
+        "--cv-keep",
+        help="kept 5-fold CVs of a second set (compare_recipes.py's KEEP/NAME, e.g. docs/results/idc-breast): "
+        "adds the default decision (benchmarks/external_decision.py) as the `external NAME decision` block",
+    )
     args = ap.parse_args()
-    from compare_recipes import parse_fields
-    from compare_recipes import recipe_config as fields_config
-
-    extras = {n: parse_fields(f) for n, _, f in (s.partition(":") for s in args.extra)}
+    extras = {n: extra_fields(f) for n, _, f in (s.partition(":") for s in args.extra)}
     out, keep = Path(args.out), Path(args.keep) / args.name
     results: dict[str, list[dict]] = {}
+    configs: dict[str, dict[str, object]] = {}
     screened = [n for n in args.screen.split(",") if n]
     for name in [n for n in args.recipes.split(",") if n] + screened:
         if name not in RECIPES and name not in extras:
             raise SystemExit(f"--recipes {name}: unknown (known: {', '.join(RECIPES)}; or give it --extra)")
-        fields = RECIPES.get(name) or (fields_config(extras[name]).to_dict() if name in extras else {})
-        if name in extras:
-            fields = {k: v for k, v in fields.items() if k not in ("data", "out")}
+        fields = extras[name] if name in extras else RECIPES[name]
         results[name] = []
         seeds = [int(s) for s in args.seeds.split(",")]
         for seed in seeds[:1] if name in screened else seeds:
@@ -418,6 +304,7 @@ def main() -> int:
                 )
             cfg = recipe_config(tag, fields, data, out, seed)
             results[name].append(run_recipe_seed(tag, cfg, args.test, keep, args.train_size))
+            configs[name] = cfg.to_dict()
     if args.train_only:
         return 0
     command = "python " + " ".join(sys.argv)
@@ -427,6 +314,10 @@ def main() -> int:
     }
     summary = {r: {k or "shipped": recipe_row(rs, k) for k in (None, "logit", "logit_tta8")}
                for r, rs in results.items()}  # fmt: skip
+    if args.cv_keep:
+        decision = decide(results, configs, Path(args.cv_keep))
+        blocks[" decision"] = decision_table(args.name, decision, Path(args.cv_keep).name)
+        summary["decision"] = {"winner": decision["winner"], "current": decision["current"]}
     summary["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

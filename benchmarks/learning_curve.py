@@ -24,10 +24,9 @@ from compare_external import (
     RECIPES,
     kaggle_subset,
     recipe_config,
-    recipe_row,
     run_recipe_seed,
-    seed_mean_auc_diff,
 )
+from external_tables import recipe_row, seed_mean_auc_diff
 
 
 def n_patches(root: str) -> int:
@@ -53,7 +52,9 @@ def curve(args: argparse.Namespace) -> dict[str, dict[int, list[dict]]]:
                 if size < full:
                     data, tag = kaggle_subset(args.train, size, seed, out / "subsets"), f"{name}-n{size}"
                 cfg = recipe_config(tag, RECIPES[name], data, out, seed)
-                results[name][size].append(run_recipe_seed(tag, cfg, args.test, keep, size if size < full else None))
+                results[name][size].append(
+                    run_recipe_seed(tag, cfg, args.test, keep, size if size < full else None)
+                )
     return results
 
 
@@ -122,7 +123,9 @@ def main() -> int:
     ap.add_argument("--recipes", default="default-54db6fc,pytorch-seed")
     ap.add_argument("--sizes", default="500,1000,2000,4500")
     ap.add_argument("--seeds", default="42,1,2")
-    ap.add_argument("--keep", default="docs/results", help="kept predictions: KEEP/NAME/<recipe>[-n<size>]-s<seed>.*")
+    ap.add_argument(
+        "--keep", default="docs/results", help="kept predictions: KEEP/NAME/<recipe>[-n<size>]-s<seed>.*"
+    )
     ap.add_argument("--markdown", help="file whose `learning-curve NAME` block is replaced by the table")
     args = ap.parse_args()
     results = curve(args)

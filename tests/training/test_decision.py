@@ -27,6 +27,7 @@ from histoscan.training.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import compare_external  # noqa: E402
+import external_tables  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_benchmark_default_is_the_cli_default_and_scores_as_shipped(trained, tmp
     run = RunDir(run_path)
     scored = compare_external.score_run(str(run_path), str(store.path))
     result = {**scored, "decision": compare_external.decision_settings(run.read_config())}
-    _, p, t = compare_external.shipped(result)
+    _, p, t = external_tables.shipped(result)
     assert t == pytest.approx(run.read_threshold()["threshold"], abs=f32_tol(1.0))
     want = load_predictor(run_path).predict_proba(np.asarray(store.images))
     np.testing.assert_allclose(p, want, rtol=0, atol=f32_tol(10.0))
