@@ -7,12 +7,14 @@ Usage (one command per dataset; each recipe's cross-validation resumes where it 
 
 Recipes: `pytorch-seed` (simple-cnn, Adam 1.5e-4, flips/rotations), `keras-seed` (resnet50-head, trunk frozen one
 epoch, Adam 1e-4, flips + rotation/zoom/shear), `floor` (logistic regression on colour histograms, same folds),
-`default` (`histoscan train`'s defaults) and any `--extra NAME:field=value,...` (TrainConfig fields). Every
-network recipe runs `histoscan cv` with the same folds (grouped by patient when the data has groups, else
-stratified by patch), epoch cap and early stopping; metrics are pooled over the folds with bootstrap CIs over
-patients (patches without groups), and every recipe is compared with `pytorch-seed` by a paired bootstrap over
-the same patches/patients. Writes OUT/<recipe>/ (cv folders), OUT/summary.json, OUT/table.md, and with
---markdown FILE replaces the block between `<!-- BEGIN compare NAME -->` and `<!-- END compare NAME -->` in FILE.
+`default` (`histoscan train`'s defaults, at their own epochs and patience), `default-54db6fc` (the 8-epoch default
+before issue 18) and any `--extra NAME:field=value,...` (TrainConfig fields). Every network recipe runs `histoscan
+cv` with the same folds (grouped by patient when the data has groups, else stratified by patch); a recipe that
+sets no epochs of its own runs at the shared cap `--epochs` / `--patience` (marked "capped" in the table).
+Metrics are pooled over the folds with bootstrap CIs over patients (patches without groups), and every recipe is
+compared with `pytorch-seed` by a paired bootstrap over the same patches/patients. Writes OUT/<recipe>/ (cv
+folders), OUT/summary.json, OUT/table.md, and with --markdown FILE replaces the block between
+`<!-- BEGIN compare NAME -->` and `<!-- END compare NAME -->` in FILE.
 """
 
 from __future__ import annotations
@@ -55,7 +57,18 @@ RECIPES: dict[str, dict[str, object]] = {
         "augment": "d4,affine",
         "schedule": "plateau",
     },
-    "default": {},
+    # the default until issue 18 (one-cycle, 8 epochs), pinned so its kept CV stays valid
+    "default-54db6fc": {
+        "model": "simple-cnn",
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "augment": "d4",
+        "schedule": "onecycle",
+        "warmup_epochs": 1.0,
+        "epochs": 8,
+        "patience": 3,
+    },
+    "default": {},  # exactly what `histoscan train` does with no options, at its own epochs and patience
 }
 BASELINE = "pytorch-seed"
 TEXT = {"model", "optimizer", "augment", "schedule", "fit", "monitor", "precision", "logger", "accelerator"}
@@ -156,7 +169,7 @@ def table(name: str, results: dict[str, dict], command: str, unit: str) -> str:
     ]
     for recipe, r in results.items():
         s, d = r["summary"], r.get("paired")
-        label = recipe
+        label = recipe + (f" ({r['capped']})" if "capped" in r else "")
         if "folds" in r:  # a screen: its own patches, and the seed's AUC on exactly those
             seed = f"; seed there {d['auc']['b']:.3f}" if d is not None and "b" in d["auc"] else ""
             label = f"{recipe} (screen: fold {','.join(map(str, r['folds']))}, {s['n']} patches{seed})"
@@ -217,8 +230,8 @@ def main() -> int:
         setup = {"recipe": fields, "folds": args.folds, "epochs": args.epochs, "patience": args.patience,
                  "tta": args.tta, "seed": args.seed}  # fmt: skip
         if name != "floor":  # a recipe's own fields (e.g. keras-seed's epochs) override the shared settings
-            cfg = recipe_config(fields, data=args.data, out=str(out / name), epochs=args.epochs,
-                                patience=args.patience, seed=args.seed)  # fmt: skip
+            budget = {} if name == "default" else {"epochs": args.epochs, "patience": args.patience}
+            cfg = recipe_config(fields, data=args.data, out=str(out / name), seed=args.seed, **budget)
             # the resolved configuration, so kept predictions of `default` go stale when the defaults change
             setup["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out")}
         use_folds = parse_folds(args.use_folds) if name != "floor" else None
@@ -243,6 +256,8 @@ def main() -> int:
             rows = read_rows(CvDir(out / name).predictions_path)
             minutes = sum(f["seconds"] for f in cv["per_fold"]) / 60  # kept folds' time counts too
         results[name] = {"summary": summarise(rows), "minutes": minutes, "rows": rows}
+        if name not in ("floor", "default") and "epochs" not in fields:
+            results[name]["capped"] = f"capped at --epochs {args.epochs}, --patience {args.patience}"
         if use_folds is not None:
             results[name]["folds"] = use_folds
         if keep is not None and kept is None:

@@ -4,6 +4,7 @@ external benchmark's "as shipped" scoring."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -103,6 +104,12 @@ def test_benchmark_default_is_the_cli_default_and_scores_as_shipped(trained, tmp
     cfg = compare_external.recipe_config("default", compare_external.RECIPES["default"], "D", tmp_path, 42)
     cli = config_from_options({"data": "D", "out": cfg.out, "seed": 42, "test_fraction": 0.0})
     assert cfg == cli  # the benchmark's "default" is exactly `histoscan train`'s defaults
+    # ... and the recipe the external decision chose (docs/results.md): its kept rows are the default's
+    won = compare_external.recipe_config("onecycle-30", compare_external.RECIPES["onecycle-30"], "D", tmp_path, 42)
+    assert dataclasses.replace(won, out=cfg.out) == cfg
+    for name in ("default-54db6fc", "pytorch-seed"):  # the pinned anchors are not the default
+        other = compare_external.recipe_config(name, compare_external.RECIPES[name], "D", tmp_path, 42)
+        assert dataclasses.replace(other, out=cfg.out) != cfg, name
     # "as shipped" scoring applies the run's own decision, fitted by the same function as training
     run = RunDir(run_path)
     scored = compare_external.score_run(str(run_path), str(store.path))

@@ -181,7 +181,7 @@ def test_summary_and_start_line_number_epochs_as_metrics_csv_and_show_the_batch_
         {"epoch": "2", "val_auc": "0.9"},
         {"epoch": "3", "val_auc": "0.9"},
     ]
-    cfg = TrainConfig(data="D", epochs=3, limit_batches=4)
+    cfg = TrainConfig(data="D", epochs=3, patience=3, limit_batches=4)
     done, _ = end_summary(
         "RUN", "D", rows, cfg, "reached --epochs 3", {"threshold": 0.4, "method": "youden"}, 5
     )
