@@ -12,8 +12,9 @@ recipe x seed the kept file KEEP/NAME/<recipe>-s<seed>.csv holds the test logits
 KEEP/NAME/<recipe>-s<seed>.val.csv the validation logits, with the resolved configuration, train time and the
 run's threshold in the .json beside them, so tables regenerate without training and go stale when a recipe's
 configuration changes. The table: mean AUC over seeds with its spread (max - min), balanced accuracy at each
-run's own threshold, ECE, and the paired bootstrap CI of the difference in seed-mean AUC to the PyTorch seed and
-to the pinned 54db6fc default (test patches resampled; per resample each recipe's AUC averaged over its seeds).
+run's own threshold, ECE, and the paired bootstrap CI of the difference in seed-mean AUC to the PyTorch seed, to
+the pinned 54db6fc default and to the default since (onecycle-30), each where it is in the table (test patches
+resampled; per resample each recipe's AUC averaged over its seeds).
 """
 
 from __future__ import annotations

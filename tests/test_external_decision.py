@@ -127,3 +127,24 @@ def test_extra_recipe_from_a_saved_config_with_overrides(tmp_path: Path) -> None
     bad.write_text("epochs: -3\n")
     with pytest.raises(SystemExit, match="bad.yaml"):
         compare_external.extra_fields(f"@{bad}")
+
+
+def test_the_table_pairs_every_recipe_with_each_baseline_present_and_only_those() -> None:
+    """Each row's paired column against a baseline is that baseline's seed-mean AUC difference; a baseline's own
+    cell, and the cells of a baseline not in the table, are blank."""
+    results = {"pytorch-seed": _recipe(0.8), "onecycle-30": _recipe(1.4), "candidate": _recipe(2.0, seeds=1)}
+    text = external_tables.table("t", results, None, "python x")
+    header = next(line for line in text.splitlines() if line.startswith("| recipe"))
+    assert "− onecycle-30 (default now) [paired 95 % CI]" in header
+    cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    col = {b: header.split(" | ").index(h) for b, h in [
+        ("pytorch-seed", "− pytorch-seed [paired 95 % CI]"),
+        ("default-54db6fc", "− default-54db6fc [paired 95 % CI]"),
+        ("onecycle-30", "− onecycle-30 (default now) [paired 95 % CI]"),
+    ]}  # fmt: skip
+    want = external_tables.seed_mean_auc_diff(results["candidate"], results["onecycle-30"], None)["diff"]
+    assert want > 0.02
+    assert cells["candidate"][col["onecycle-30"]].startswith(f"{want:+.3f} [")
+    assert cells["onecycle-30"][col["onecycle-30"]] == "–"
+    assert {cells[r][col["default-54db6fc"]] for r in results} == {"–"}  # not in the table
+    assert cells["onecycle-30"][col["pytorch-seed"]].startswith("+")
