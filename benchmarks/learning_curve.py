@@ -7,8 +7,8 @@ seed, paired bootstrap CI of the difference between the first two recipes) and a
 seeds' min..max around the mean).
 
     python benchmarks/learning_curve.py --train ../shared/data/hcd-train --test ../shared/data/hcd-test \
-        --name hcd-test --out runs/external --recipes default-54db6fc,pytorch-seed --sizes 500,1000,2000,4500 \
-        --markdown docs/results.md
+        --name hcd-test --out runs/external --recipes onecycle-30,pytorch-seed,default-54db6fc \
+        --sizes 500,1000,2000,4500 --markdown docs/results.md
 """
 
 from __future__ import annotations
@@ -120,7 +120,11 @@ def main() -> int:
     ap.add_argument("--test", required=True, help="external labelled test set (scored only)")
     ap.add_argument("--name", required=True, help="test set name (kept folder KEEP/NAME)")
     ap.add_argument("--out", required=True, help="folder for the run folders and subsets (resumed)")
-    ap.add_argument("--recipes", default="default-54db6fc,pytorch-seed")
+    ap.add_argument(
+        "--recipes",
+        default="onecycle-30,pytorch-seed,default-54db6fc",
+        help="recipes of compare_external; the first two are paired (the default now and the PyTorch seed)",
+    )
     ap.add_argument("--sizes", default="500,1000,2000,4500")
     ap.add_argument("--seeds", default="42,1,2")
     ap.add_argument(
