@@ -3,8 +3,9 @@ earlier trial's parameters marked, the best configuration, and the parameter imp
 
 Usage: python benchmarks/tune_report.py --tune runs/tune-hcd --name hcd-train --markdown docs/results.md
        [--keep docs/results]
-Copies the study's trials.csv and importance.png to KEEP/NAME/tune-trials.csv and tune-importance.png (the run
-folder is not in the repository) and replaces the `tune NAME` block of the markdown file.
+Copies the study's trials.csv, importance.png and best.yaml to KEEP/NAME/tune-trials.csv, tune-importance.png and
+tune-best.yaml (the run folder is not in the repository; compare_external takes the kept best configuration as
+`--extra tune-best:@KEEP/NAME/tune-best.yaml`) and replaces the `tune NAME` block of the markdown file.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ def _fmt(v: str) -> str:
     return f"{x:.3g}" if "." in v or "e" in v else v
 
 
-def report(folder: TuneDir, name: str, figure: str | None) -> tuple[str, dict[str, object]]:
-    """(markdown block, summary) of a tune folder."""
+def report(
+    folder: TuneDir, name: str, figure: str | None, best_file: str | None = None
+) -> tuple[str, dict[str, object]]:
+    """(markdown block, summary) of a tune folder; `best_file`: where the block says the best configuration is
+    (default: the tune folder's best.yaml)."""
     rows = read_trials(folder)
     record = json.loads(folder.record_path.read_text()) if folder.record_path.is_file() else {}
     names = [n for n in (record.get("search_space") or {}) if n in rows[0]] if rows else []
@@ -94,7 +98,7 @@ def report(folder: TuneDir, name: str, figure: str | None) -> tuple[str, dict[st
     if best:
         shown = ", ".join(f"{n}={_fmt(best[n])}" for n in names)
         lines += ["", f"Best: trial {best['trial']}, mean AUC {float(best['mean_auc']):.4f} ({shown}); its full "
-                  f"configuration is `{folder.best_path}`."]  # fmt: skip
+                  f"configuration is `{best_file or folder.best_path}`."]  # fmt: skip
     summary = {
         "finished": len(finished),
         "distinct": distinct,
@@ -122,7 +126,11 @@ def main() -> int:
     if png.is_file() and rows:
         shutil.copyfile(png, keep / "tune-importance.png")
         figure = os.path.relpath(keep / "tune-importance.png", Path(args.markdown or ".").resolve().parent)
-    block, summary = report(folder, args.name, figure)
+    best_file = None
+    if folder.best_path.is_file():
+        shutil.copyfile(folder.best_path, keep / "tune-best.yaml")
+        best_file = str(keep / "tune-best.yaml")
+    block, summary = report(folder, args.name, figure, best_file)
     print(block)
     print(json.dumps(summary))
     if args.markdown:

@@ -50,3 +50,19 @@ def test_trials_sorted_by_objective_with_repeats_and_counts(tmp_path: Path) -> N
 def test_a_folder_without_trials_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no trials.csv"):
         tune_report.report(TuneDir(tmp_path), "set", None)
+
+
+def test_the_best_configuration_is_kept_beside_the_table_and_named_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _folder(tmp_path, [["0", "COMPLETE", "0.900000", "0.9", "120", "0.001", "0.1"]])
+    folder.best_path.write_text("lr: 0.001\ndropout: 0.1\n")
+    md = tmp_path / "results.md"
+    md.write_text("<!-- BEGIN tune set -->\nstale table\n<!-- END tune set -->\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["tune_report.py", "--tune", str(folder.path), "--name", "set", "--markdown", str(md), "--keep", "kept"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert tune_report.main() == 0
+    assert (tmp_path / "kept/set/tune-best.yaml").read_text() == "lr: 0.001\ndropout: 0.1\n"
+    text = md.read_text()
+    assert "its full configuration is `kept/set/tune-best.yaml`" in text and "stale table" not in text
