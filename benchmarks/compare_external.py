@@ -215,9 +215,10 @@ def _epoch_seconds(run_dir: str) -> list[float]:
 
 
 def run_recipe_seed(
-    name: str, cfg: TrainConfig, test: str, keep: Path, train_size: int | None = None
-) -> dict[str, object]:
-    """Kept result of one recipe x seed (trained and scored unless kept with the same configuration)."""
+    name: str, cfg: TrainConfig, test: str, keep: Path, train_size: int | None = None, train: bool = True
+) -> dict[str, object] | None:
+    """Kept result of one recipe x seed (trained and scored unless kept with the same configuration; with
+    `train=False`, None instead of training)."""
     stem = keep / f"{name}-s{cfg.seed}"
     setup = json.loads(json.dumps({**_setup(cfg), **({"train_size": train_size} if train_size else {})}))
     info_path = Path(f"{stem}.json")
@@ -230,6 +231,8 @@ def run_recipe_seed(
                 info_path.write_text(json.dumps(info, indent=2, default=str))
             kept = {"test": _read(Path(f"{stem}.csv")), "val": _read(Path(f"{stem}.val.csv"))}
             return {**info, **kept, "decision": decision_settings(cfg)}
+    if not train:
+        return None
     seconds = train_run(cfg)
     scored = score_run(cfg.out, test)
     run = RunDir(cfg.out)

@@ -35,7 +35,8 @@ def n_patches(root: str) -> int:
 
 
 def curve(args: argparse.Namespace) -> dict[str, dict[int, list[dict]]]:
-    """{recipe: {size: [result per seed]}} from the kept predictions (training what is missing)."""
+    """{recipe: {size: [result per seed]}} from the kept predictions (training what is missing; with
+    `args.kept_only`, a size missing any seed's result is left out of its recipe and named on stderr)."""
     full = n_patches(args.train)
     out, keep = Path(args.out), Path(args.keep) / args.name
     results: dict[str, dict[int, list[dict]]] = {}
@@ -46,26 +47,33 @@ def curve(args: argparse.Namespace) -> dict[str, dict[int, list[dict]]]:
         for size in (int(s) for s in args.sizes.split(",")):
             if not 0 < size <= full:
                 raise SystemExit(f"--sizes {size}: must be in 1..{full} (the training set's patches)")
-            results[name][size] = []
+            runs = []
             for seed in (int(s) for s in args.seeds.split(",")):
                 data, tag = args.train, name
                 if size < full:
                     data, tag = kaggle_subset(args.train, size, seed, out / "subsets"), f"{name}-n{size}"
                 cfg = recipe_config(tag, RECIPES[name], data, out, seed)
-                results[name][size].append(
-                    run_recipe_seed(tag, cfg, args.test, keep, size if size < full else None)
-                )
+                train = not getattr(args, "kept_only", False)
+                runs.append(run_recipe_seed(tag, cfg, args.test, keep, size if size < full else None, train))
+            missing = [seed for seed, r in zip(args.seeds.split(","), runs, strict=True) if r is None]
+            if missing:
+                print(f"   {name} at {size} patches: seed(s) {', '.join(missing)} not kept yet; left out",
+                      file=sys.stderr)  # fmt: skip
+            else:
+                results[name][size] = runs
     return results
 
 
 def table(name: str, results: dict[str, dict[int, list[dict]]], command: str) -> str:
     recipes = list(results)
     a, b = (recipes + [None])[:2]
+    sizes = sorted({n for by_size in results.values() for n in by_size})
+    seeds = next((rs for by_size in results.values() for rs in by_size.values()), [])
     head = f"| patches | {' | '.join(f'{r} AUC mean (each seed)' for r in recipes)} |"
     diff_head = f" {a} − {b} [paired 95 % CI] |" if b else ""
     lines = [
         f"### Learning curve on {name}: test AUC against training-set size (as shipped; seeds "
-        f"{', '.join(str(r['setup']['seed']) for r in results[a][next(iter(results[a]))])})",
+        f"{', '.join(str(r['setup']['seed']) for r in seeds)})",
         "",
         "Each size is a stratified random subset of the training patches drawn per seed (so seeds differ in data "
         "as well as initialisation); each keeps its own 15 % validation split. Patches are split at random (no "
@@ -74,15 +82,20 @@ def table(name: str, results: dict[str, dict[int, list[dict]]], command: str) ->
         head + diff_head,
         "|---|" + "---|" * len(recipes) + ("---|" if b else ""),
     ]
-    for size in results[a]:
+    for size in sizes:
         cells = []
         for r in recipes:
+            if size not in results[r]:
+                cells.append("– (not run yet)")
+                continue
             row = recipe_row(results[r][size])
             cells.append(f"{row['auc']:.3f} ({', '.join(f'{x:.3f}' for x in row['auc_each'])})")
         diff = ""
-        if b:
+        if b and size in results[a] and size in results[b]:
             d = seed_mean_auc_diff(results[a][size], results[b][size], None)
             diff = f" {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] |"
+        elif b:
+            diff = " – |"
         lines.append(f"| {size} | " + " | ".join(cells) + " |" + diff)
     lines += ["", f"![learning curve](results/{name}/learning-curve.png)", "", f"Command: `{command}`", ""]
     return "\n".join(lines)
@@ -95,15 +108,19 @@ def plot(results: dict[str, dict[int, list[dict]]], path: Path, name: str) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    every = sorted({n for by_size in results.values() for n in by_size})
     for k, (recipe, by_size) in enumerate(results.items()):
-        sizes = np.array(list(by_size))
+        if not by_size:
+            continue
+        sizes = np.array(sorted(by_size))
+        by_size = {n: by_size[n] for n in sizes}
         aucs = [recipe_row(rs)["auc_each"] for rs in by_size.values()]
         mean = np.array([np.mean(x) for x in aucs])
         lo, hi = mean - np.array([min(x) for x in aucs]), np.array([max(x) for x in aucs]) - mean
         shift = 1 + 0.02 * (k - (len(results) - 1) / 2)  # side by side, so the bars do not hide each other
         ax.errorbar(sizes * shift, mean, yerr=[lo, hi], marker="o", capsize=4, label=recipe)
     ax.set_xscale("log")
-    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xticks(every, [str(s) for s in every])
     ax.set_xlabel("training patches (log scale)")
     ax.set_ylabel(f"{name} AUC (mean; bars: min..max over seeds)")
     ax.grid(alpha=0.3)
@@ -131,8 +148,15 @@ def main() -> int:
         "--keep", default="docs/results", help="kept predictions: KEEP/NAME/<recipe>[-n<size>]-s<seed>.*"
     )
     ap.add_argument("--markdown", help="file whose `learning-curve NAME` block is replaced by the table")
+    ap.add_argument(
+        "--kept-only",
+        action="store_true",
+        help="train nothing: the table and plot from the kept results (a size missing a seed is left out)",
+    )
     args = ap.parse_args()
     results = curve(args)
+    if not any(results.values()):
+        raise SystemExit(f"--kept-only: nothing kept in {Path(args.keep) / args.name} for these recipes and sizes")
     block = table(args.name, results, "python " + " ".join(sys.argv))
     plot(results, Path(args.keep) / args.name / "learning-curve.png", args.name)
     print(block)

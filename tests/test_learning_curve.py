@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -44,3 +45,25 @@ def test_table_and_plot(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown"):
         learning_curve.curve(type("A", (), {"train": str(tmp_path), "out": "o", "keep": "k", "name": "n",
                                            "recipes": "nope", "sizes": "1", "seeds": "1"})())  # fmt: skip
+
+
+def test_kept_only_trains_nothing_and_the_table_marks_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "train_labels.csv").write_text("id,label\na,0\nb,1\n")
+    args = argparse.Namespace(train=str(tmp_path), test="T", out=str(tmp_path / "o"), keep=str(tmp_path / "k"),
+                              name="n", recipes="onecycle-30", sizes="2", seeds="42,1", kept_only=True)  # fmt: skip
+    assert learning_curve.curve(args) == {"onecycle-30": {}}  # nothing kept, nothing trained
+    assert "onecycle-30 at 2 patches: seed(s) 42, 1 not kept yet" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+    rng = np.random.default_rng(3)
+    results = {"a": {n: [_result(s, 1.0, rng) for s in (42, 1)] for n in (500, 4500)},
+               "b": {4500: [_result(s, 1.0, rng) for s in (42, 1)]}}  # fmt: skip
+    text = learning_curve.table("test-set", results, "python x")
+    row500 = next(line for line in text.splitlines() if line.startswith("| 500 "))
+    row4500 = next(line for line in text.splitlines() if line.startswith("| 4500 "))
+    assert row500.endswith("| – (not run yet) | – |")
+    assert row4500.count("[") == 1 and not row4500.endswith("| – |")
+    learning_curve.plot(results, tmp_path / "c.png", "test-set")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
