@@ -26,7 +26,7 @@ from compare_external import (
     recipe_config,
     run_recipe_seed,
 )
-from external_tables import recipe_row, seed_mean_auc_diff
+from external_tables import LABEL, recipe_row, seed_mean_auc_diff
 
 
 def n_patches(root: str) -> int:
@@ -69,7 +69,7 @@ def table(name: str, results: dict[str, dict[int, list[dict]]], command: str) ->
     a, b = (recipes + [None])[:2]
     sizes = sorted({n for by_size in results.values() for n in by_size})
     seeds = next((rs for by_size in results.values() for rs in by_size.values()), [])
-    head = f"| patches | {' | '.join(f'{r} AUC mean (each seed)' for r in recipes)} |"
+    head = f"| patches | {' | '.join(f'{LABEL.get(r, r)} AUC mean (each seed)' for r in recipes)} |"
     diff_head = f" {a} − {b} [paired 95 % CI] |" if b else ""
     lines = [
         f"### Learning curve on {name}: test AUC against training-set size (as shipped; seeds "
@@ -118,7 +118,7 @@ def plot(results: dict[str, dict[int, list[dict]]], path: Path, name: str) -> No
         mean = np.array([np.mean(x) for x in aucs])
         lo, hi = mean - np.array([min(x) for x in aucs]), np.array([max(x) for x in aucs]) - mean
         shift = 1 + 0.02 * (k - (len(results) - 1) / 2)  # side by side, so the bars do not hide each other
-        ax.errorbar(sizes * shift, mean, yerr=[lo, hi], marker="o", capsize=4, label=recipe)
+        ax.errorbar(sizes * shift, mean, yerr=[lo, hi], marker="o", capsize=4, label=LABEL.get(recipe, recipe))
     ax.set_xscale("log")
     ax.set_xticks(every, [str(s) for s in every])
     ax.set_xlabel("training patches (log scale)")
