@@ -40,6 +40,7 @@ def curve(args: argparse.Namespace) -> dict[str, dict[int, list[dict]]]:
     full = n_patches(args.train)
     out, keep = Path(args.out), Path(args.keep) / args.name
     results: dict[str, dict[int, list[dict]]] = {}
+    train = not getattr(args, "kept_only", False)
     for name in args.recipes.split(","):
         if name not in RECIPES:
             raise SystemExit(f"--recipes {name}: unknown (known: {', '.join(RECIPES)})")
@@ -53,7 +54,6 @@ def curve(args: argparse.Namespace) -> dict[str, dict[int, list[dict]]]:
                 if size < full:
                     data, tag = kaggle_subset(args.train, size, seed, out / "subsets"), f"{name}-n{size}"
                 cfg = recipe_config(tag, RECIPES[name], data, out, seed)
-                train = not getattr(args, "kept_only", False)
                 runs.append(run_recipe_seed(tag, cfg, args.test, keep, size if size < full else None, train))
             missing = [seed for seed, r in zip(args.seeds.split(","), runs, strict=True) if r is None]
             if missing:
@@ -64,10 +64,15 @@ def curve(args: argparse.Namespace) -> dict[str, dict[int, list[dict]]]:
     return results
 
 
+def _sizes(results: dict[str, dict[int, list[dict]]]) -> list[int]:
+    """Every training-set size some recipe has a result for, ascending."""
+    return sorted({n for by_size in results.values() for n in by_size})
+
+
 def table(name: str, results: dict[str, dict[int, list[dict]]], command: str) -> str:
     recipes = list(results)
     a, b = (recipes + [None])[:2]
-    sizes = sorted({n for by_size in results.values() for n in by_size})
+    sizes = _sizes(results)
     seeds = next((rs for by_size in results.values() for rs in by_size.values()), [])
     head = f"| patches | {' | '.join(f'{LABEL.get(r, r)} AUC mean (each seed)' for r in recipes)} |"
     diff_head = f" {a} − {b} [paired 95 % CI] |" if b else ""
@@ -108,7 +113,7 @@ def plot(results: dict[str, dict[int, list[dict]]], path: Path, name: str) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    every = sorted({n for by_size in results.values() for n in by_size})
+    every = _sizes(results)
     for k, (recipe, by_size) in enumerate(results.items()):
         if not by_size:
             continue
@@ -155,7 +160,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     results = curve(args)
-    if not any(results.values()):
+    if args.kept_only and not any(results.values()):
         raise SystemExit(f"--kept-only: nothing kept in {Path(args.keep) / args.name} for these recipes and sizes")
     block = table(args.name, results, "python " + " ".join(sys.argv))
     plot(results, Path(args.keep) / args.name / "learning-curve.png", args.name)
